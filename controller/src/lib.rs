@@ -1,0 +1,16 @@
+//! Loa's controller: takes uploaded audio, transcodes it to Ogg Opus, keeps
+//! schedules, computes each receiver's play events and pushes them over
+//! MQTT, and stores proof of play. `server::run` wires the parts together.
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod distribution;
+pub mod ingest;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod transcode;

@@ -1,0 +1,1 @@
+//! Loa receiver (being written).
