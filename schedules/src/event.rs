@@ -31,8 +31,10 @@ impl PlayEvent {
         format!("{schedule_id}@{}", starts_at.timestamp_millis())
     }
 
-    /// When the play would end if nothing interrupted it.
+    /// When the play would end if nothing interrupted it. Saturates at the
+    /// largest representable instant instead of panicking on an absurd
+    /// (e.g. forged) duration.
     pub fn natural_end(&self) -> DateTime<Utc> {
-        self.starts_at + chrono::Duration::milliseconds(self.duration_ms as i64)
+        crate::plan::end_after(self.starts_at, self.duration_ms)
     }
 }

@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 
 /// How urgent a play is. Ordered: `Normal < Priority < Emergency`; a higher
 /// level pre-empts a lower one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Everyday programmes: bulletins, music, relays.
