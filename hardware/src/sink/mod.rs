@@ -9,6 +9,16 @@ pub mod wav;
 /// Every sink takes mono `f32` samples at this rate (Opus's native rate).
 pub const SAMPLE_RATE: u32 = 48_000;
 
+/// Queue capacity between `write` and the device: 100 ms, so a pre-empted
+/// programme stops quickly. (The cpal sink holds more only for a device
+/// whose callbacks ask for more than half of that at once.)
+pub const QUEUE_FRAMES: usize = SAMPLE_RATE as usize / 10;
+
+/// Duration of `frames` at [`SAMPLE_RATE`].
+pub(crate) fn frames_to_duration(frames: usize) -> Duration {
+    Duration::from_nanos(frames as u64 * 1_000_000_000 / u64::from(SAMPLE_RATE))
+}
+
 /// Where audio goes, parsed from `--output`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputSpec {
@@ -57,7 +67,9 @@ impl std::str::FromStr for OutputSpec {
     fn from_str(s: &str) -> Result<Self, SinkError> {
         match s.split_once(':') {
             None if s == "cpal" => Ok(OutputSpec::Cpal { device: None }),
-            Some(("cpal", dev)) if !dev.is_empty() => Ok(OutputSpec::Cpal { device: Some(dev.to_string()) }),
+            Some(("cpal", dev)) if !dev.is_empty() => Ok(OutputSpec::Cpal {
+                device: Some(dev.to_string()),
+            }),
             Some(("wav", path)) if !path.is_empty() => Ok(OutputSpec::Wav { path: path.into() }),
             _ => Err(SinkError::InvalidSpec(s.to_string())),
         }
@@ -69,5 +81,43 @@ pub fn open_sink(spec: &OutputSpec) -> Result<Box<dyn AudioSink>, SinkError> {
     match spec {
         OutputSpec::Cpal { device } => Ok(Box::new(cpal::CpalSink::new(device.as_deref())?)),
         OutputSpec::Wav { path } => Ok(Box::new(wav::WavSink::new(path)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_output_specs() {
+        assert_eq!(
+            "cpal".parse::<OutputSpec>().unwrap(),
+            OutputSpec::Cpal { device: None }
+        );
+        assert_eq!(
+            "cpal:hw:CARD=PCH,DEV=0".parse::<OutputSpec>().unwrap(),
+            OutputSpec::Cpal {
+                device: Some("hw:CARD=PCH,DEV=0".into())
+            }
+        );
+        assert_eq!(
+            "wav:/tmp/a b.wav".parse::<OutputSpec>().unwrap(),
+            OutputSpec::Wav {
+                path: "/tmp/a b.wav".into()
+            }
+        );
+        for bad in ["", "cpal:", "wav:", "wav", "alsa", "file:/x.wav"] {
+            assert!(
+                matches!(bad.parse::<OutputSpec>(), Err(SinkError::InvalidSpec(s)) if s == bad),
+                "{bad:?} must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn frames_convert_to_time_at_48k() {
+        assert_eq!(frames_to_duration(48_000), Duration::from_secs(1));
+        assert_eq!(frames_to_duration(QUEUE_FRAMES), Duration::from_millis(100));
+        assert_eq!(frames_to_duration(1), Duration::from_nanos(20_833));
     }
 }
