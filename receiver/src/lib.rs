@@ -1,1 +1,22 @@
-//! Loa receiver (being written).
+//! The Loa receiver: runs on a loudspeaker pole, keeps its schedule and the
+//! programmes' audio on disk, plays every event at its instant through the
+//! audio output even when the controller or the network is down, and reports
+//! each play back (proof of play). See `ARCHITECTURE.md` for the data flow.
+//!
+//! The binary is a thin shell around [`run`].
+
+pub mod cache;
+pub mod config;
+mod daemon;
+pub mod fetcher;
+pub mod fsutil;
+pub mod ledger;
+pub mod link;
+pub mod opus_source;
+mod playback;
+pub mod player;
+pub mod reports;
+pub mod schedule_store;
+
+pub use config::{Config, ConfigError};
+pub use daemon::run;

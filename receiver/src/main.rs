@@ -1,1 +1,99 @@
-fn main() {}
+//! `loa-receiver run --id ID --token TOKEN --controller http://ADDR
+//! --broker mqtt://ADDR --cache DIR [--output cpal|cpal:DEVICE|wav:PATH]`:
+//! parses the command line, sets up logging and runs the receiver until
+//! Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use loa_hardware::OutputSpec;
+use loa_receiver::link::BrokerAddr;
+
+#[derive(Parser)]
+#[command(name = "loa-receiver", version, about = "Loa loudspeaker receiver")]
+struct Cli {
+    /// What to do (only `run` for now).
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the receiver.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// This receiver's id, as registered on the controller.
+    #[arg(long)]
+    id: String,
+    /// The receiver's token issued by the controller.
+    #[arg(long, env = "LOA_RECEIVER_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Controller base URL, e.g. http://10.0.0.1:8080.
+    #[arg(long)]
+    controller: String,
+    /// MQTT broker, e.g. mqtt://10.0.0.1:1883.
+    #[arg(long)]
+    broker: BrokerAddr,
+    /// Directory for the audio cache, schedule and report queue.
+    #[arg(long)]
+    cache: PathBuf,
+    /// Audio output: cpal (default device), cpal:DEVICE or wav:PATH.
+    #[arg(long, default_value = "cpal")]
+    output: String,
+    /// Amplifier relay: none or gpio:CHIP:LINE[:active-low].
+    #[arg(long, default_value = "none")]
+    amplifier: String,
+    /// Seconds between status messages.
+    #[arg(long, default_value_t = 10)]
+    heartbeat_secs: u64,
+    /// Milliseconds before a play to switch the amplifier on and open the output.
+    #[arg(long, default_value_t = 1500)]
+    prepare_ms: u64,
+    /// Seconds audio no longer scheduled stays cached.
+    #[arg(long, default_value_t = 3600)]
+    cache_grace_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let Command::Run(args) = Cli::parse().command;
+    let output: OutputSpec = args.output.parse()?;
+    let config = loa_receiver::Config {
+        receiver_id: args.id,
+        token: args.token,
+        controller: args.controller,
+        broker: args.broker,
+        cache_dir: args.cache,
+        output,
+        amplifier: args.amplifier,
+        heartbeat: Duration::from_secs(args.heartbeat_secs),
+        prepare: Duration::from_millis(args.prepare_ms),
+        cache_grace: Duration::from_secs(args.cache_grace_secs),
+    };
+    loa_receiver::run(config, shutdown_signal()).await
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

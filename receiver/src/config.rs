@@ -1,0 +1,69 @@
+//! The receiver's configuration, as given on the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use loa_hardware::OutputSpec;
+
+use crate::link::BrokerAddr;
+
+/// Everything [`run`](crate::run) needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This receiver's id (as registered on the controller): MQTT client id
+    /// and topic level, and the receiver id in every report.
+    pub receiver_id: String,
+    /// The token the controller issued for this receiver: bearer token for
+    /// audio downloads and MQTT password.
+    pub token: String,
+    /// Controller base URL, `http://HOST:PORT`, for audio downloads.
+    pub controller: String,
+    /// The MQTT broker the controller uses.
+    pub broker: BrokerAddr,
+    /// Directory for everything kept across restarts: audio cache,
+    /// schedule, report queue, play ledger.
+    pub cache_dir: PathBuf,
+    /// Where audio goes (`cpal`, `cpal:DEVICE`, `wav:PATH`).
+    pub output: OutputSpec,
+    /// The amplifier relay (`none`, `gpio:CHIP:LINE[:active-low]`).
+    pub amplifier: String,
+    /// Interval between status messages.
+    pub heartbeat: Duration,
+    /// How long before a play the amplifier is switched on and the output opened.
+    pub prepare: Duration,
+    /// How long audio no longer in the schedule stays cached.
+    pub cache_grace: Duration,
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("receiver id {0:?} is invalid: use 1-64 characters a-z, A-Z, 0-9, '-', '_', '.'")]
+    BadId(String),
+    #[error("controller URL {0:?} is invalid: expected http://HOST:PORT")]
+    BadController(String),
+    #[error("the token is empty")]
+    EmptyToken,
+    #[error("--heartbeat-secs must be at least 1")]
+    BadHeartbeat,
+}
+
+impl Config {
+    /// Checks the parts that parsing alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !loa_protocol::is_valid_id(&self.receiver_id) {
+            return Err(ConfigError::BadId(self.receiver_id.clone()));
+        }
+        if self.token.is_empty() {
+            return Err(ConfigError::EmptyToken);
+        }
+        match reqwest::Url::parse(&self.controller) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            _ => return Err(ConfigError::BadController(self.controller.clone())),
+        }
+        if self.heartbeat < Duration::from_secs(1) {
+            return Err(ConfigError::BadHeartbeat);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,326 @@
+//! The MQTT link to the controller (rumqttc), wrapped like mini-redis wraps
+//! its connection: a clonable [`Link`] handle to publish with, and one task
+//! that polls the event loop and hands typed protocol messages
+//! ([`Inbound`]) to the receiver's main loop.
+//!
+//! - Client id = receiver id; username = receiver id, password = token (a
+//!   broker that allows anonymous clients ignores them).
+//! - Last will: [`ReceiverStatus::offline`], retained, on the status topic.
+//! - On every (re)connection it subscribes to the receiver's schedule and
+//!   acks topics and reports [`Inbound::Connected`], on which the main loop
+//!   publishes its status and re-sends unacknowledged reports.
+//! - Reconnects forever with exponential backoff (1 s … 10 s).
+//! - Malformed, oversize and forged messages (another receiver's topic or
+//!   id) are logged and dropped; they never reach the rest of the receiver.
+//! - Publishing never blocks: while the link is down, messages are dropped
+//!   (statuses are periodic, reports stay queued on disk and are re-sent).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use loa_protocol::topics::{ReceiverTopic, parse_receiver_topic};
+use loa_protocol::{
+    MAX_PAYLOAD_BYTES, PlayReport, ReceiverSchedule, ReceiverStatus, ReportAck, decode, encode,
+};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, SubscribeFilter};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// First reconnection delay; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest reconnection delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Largest packet accepted from the broker. Twice the protocol's payload
+/// limit, so an oversize payload is still received, refused and logged
+/// rather than breaking the connection.
+const MAX_INCOMING_PACKET: usize = 2 * MAX_PAYLOAD_BYTES;
+
+/// A broker address from `--broker mqtt://HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    /// Host name or IP address (without brackets for IPv6).
+    pub host: String,
+    /// TCP port; 1883 when not given.
+    pub port: u16,
+}
+
+impl FromStr for BrokerAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let rest = s
+            .strip_prefix("mqtt://")
+            .or_else(|| s.strip_prefix("tcp://"))
+            .unwrap_or(s);
+        let rest = rest.trim_end_matches('/');
+        let bad = || format!("invalid broker {s:?}: expected mqtt://HOST:PORT");
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(bad());
+        }
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None => 1883,
+        };
+        Ok(BrokerAddr {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// What the link hands to the receiver's main loop.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// Connected (again) and subscribed.
+    Connected,
+    /// A well-formed schedule addressed to this receiver.
+    Schedule(ReceiverSchedule),
+    /// The controller stored these reports.
+    Ack(ReportAck),
+}
+
+/// How to reach the broker.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// This receiver's id: client id, topic level and username.
+    pub receiver_id: String,
+    /// This receiver's token, sent as the MQTT password.
+    pub token: String,
+    /// The broker.
+    pub broker: BrokerAddr,
+    /// MQTT keep-alive; the broker publishes the last will after 1.5× this
+    /// without traffic.
+    pub keep_alive: Duration,
+}
+
+/// Handle for publishing; cheap to clone.
+#[derive(Clone)]
+pub struct Link {
+    /// The rumqttc request handle.
+    client: AsyncClient,
+    /// This receiver's id, for topics.
+    receiver_id: String,
+    /// Whether the connection is up (set by the polling task).
+    connected: Arc<AtomicBool>,
+}
+
+impl Link {
+    /// Starts the polling task. It runs until `shutdown`, then publishes an
+    /// offline status and disconnects cleanly.
+    pub fn start(
+        config: LinkConfig,
+        inbound: UnboundedSender<Inbound>,
+        shutdown: CancellationToken,
+    ) -> (Link, JoinHandle<()>) {
+        let status_topic = ReceiverTopic::Status.for_receiver(&config.receiver_id);
+        let mut options =
+            MqttOptions::new(&config.receiver_id, &config.broker.host, config.broker.port);
+        options
+            .set_keep_alive(config.keep_alive.max(Duration::from_secs(1)))
+            .set_clean_session(true)
+            .set_credentials(&config.receiver_id, &config.token)
+            .set_max_packet_size(MAX_INCOMING_PACKET, MAX_PAYLOAD_BYTES + 64 * 1024)
+            .set_last_will(LastWill::new(
+                &status_topic,
+                encode(&ReceiverStatus::offline(&config.receiver_id)),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        let (client, eventloop) = AsyncClient::new(options, 256);
+        let link = Link {
+            client,
+            receiver_id: config.receiver_id.clone(),
+            connected: Arc::new(AtomicBool::new(false)),
+        };
+        let task = tokio::spawn(link.clone().poll(eventloop, inbound, shutdown));
+        (link, task)
+    }
+
+    /// Whether the connection to the broker is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// Publishes this receiver's status (retained). False if not sent.
+    pub fn publish_status(&self, status: &ReceiverStatus) -> bool {
+        self.publish(ReceiverTopic::Status, true, encode(status))
+    }
+
+    /// Publishes a proof-of-play report (QoS 1). False if not sent.
+    pub fn publish_report(&self, report: &PlayReport) -> bool {
+        self.publish(ReceiverTopic::Plays, false, encode(report))
+    }
+
+    fn publish(&self, kind: ReceiverTopic, retain: bool, payload: Vec<u8>) -> bool {
+        if !self.is_connected() {
+            return false;
+        }
+        let topic = kind.for_receiver(&self.receiver_id);
+        match self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "MQTT request queue full; message dropped for now");
+                false
+            }
+        }
+    }
+
+    /// The polling task.
+    async fn poll(
+        self,
+        mut eventloop: EventLoop,
+        inbound: UnboundedSender<Inbound>,
+        shutdown: CancellationToken,
+    ) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    tracing::info!(host = ?eventloop.mqtt_options.broker_address(), "connected to the MQTT broker");
+                    backoff = FIRST_BACKOFF;
+                    self.connected.store(true, Ordering::SeqCst);
+                    let filters = [ReceiverTopic::Schedule, ReceiverTopic::Acks].map(|k| {
+                        SubscribeFilter::new(k.for_receiver(&self.receiver_id), QoS::AtLeastOnce)
+                    });
+                    if let Err(e) = self.client.try_subscribe_many(filters) {
+                        tracing::error!(error = %e, "cannot subscribe");
+                    }
+                    let _ = inbound.send(Inbound::Connected);
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if let Some(message) = self.classify(&publish.topic, &publish.payload) {
+                        let _ = inbound.send(message);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let was_connected = self.connected.swap(false, Ordering::SeqCst);
+                    if was_connected {
+                        tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
+                    } else {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the MQTT broker");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        self.say_goodbye(&mut eventloop).await;
+    }
+
+    /// Turns a received publish into an [`Inbound`] message, or logs why not.
+    fn classify(&self, topic: &str, payload: &[u8]) -> Option<Inbound> {
+        let Some((id, kind)) = parse_receiver_topic(topic) else {
+            tracing::warn!(%topic, "message on an unexpected topic dropped");
+            return None;
+        };
+        if id != self.receiver_id {
+            tracing::warn!(%topic, "message for another receiver dropped");
+            return None;
+        }
+        match kind {
+            ReceiverTopic::Schedule => match decode::<ReceiverSchedule>(payload) {
+                Ok(s) if s.receiver_id == self.receiver_id => Some(Inbound::Schedule(s)),
+                Ok(s) => {
+                    tracing::warn!(claimed = %s.receiver_id, "forged schedule (names another receiver) dropped");
+                    None
+                }
+                Err(_) if payload.is_empty() => {
+                    tracing::info!(
+                        "retained schedule cleared on the broker; keeping the schedule on disk"
+                    );
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, bytes = payload.len(), "malformed schedule dropped");
+                    None
+                }
+            },
+            ReceiverTopic::Acks => match decode::<ReportAck>(payload) {
+                Ok(ack) => Some(Inbound::Ack(ack)),
+                Err(e) => {
+                    tracing::warn!(error = %e, bytes = payload.len(), "malformed report ack dropped");
+                    None
+                }
+            },
+            other => {
+                tracing::warn!(
+                    ?other,
+                    "message on a topic this receiver does not read dropped"
+                );
+                None
+            }
+        }
+    }
+
+    /// On shutdown: replaces the retained status with an offline one (a
+    /// clean disconnect does not trigger the last will) and disconnects,
+    /// polling briefly so both go out.
+    async fn say_goodbye(&self, eventloop: &mut EventLoop) {
+        if !self.is_connected() {
+            return;
+        }
+        self.publish_status(&ReceiverStatus::offline(&self.receiver_id));
+        let _ = self.client.try_disconnect();
+        let flush = async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+        self.connected.store(false, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_addresses_parse() {
+        let a: BrokerAddr = "mqtt://127.0.0.1:1884".parse().unwrap();
+        assert_eq!(
+            a,
+            BrokerAddr {
+                host: "127.0.0.1".into(),
+                port: 1884
+            }
+        );
+        let b: BrokerAddr = "mqtt://broker.local".parse().unwrap();
+        assert_eq!(b.port, 1883);
+        let c: BrokerAddr = "mqtt://[::1]:2000".parse().unwrap();
+        assert_eq!(
+            c,
+            BrokerAddr {
+                host: "::1".into(),
+                port: 2000
+            }
+        );
+        assert!("mqtt://:1883".parse::<BrokerAddr>().is_err());
+        assert!("mqtt://host:notaport".parse::<BrokerAddr>().is_err());
+    }
+}
