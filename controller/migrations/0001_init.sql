@@ -16,6 +16,7 @@ CREATE TABLE sessions (
     created_at BIGINT NOT NULL,
     expires_at BIGINT NOT NULL
 );
+CREATE INDEX sessions_expiry ON sessions(expires_at);
 
 CREATE TABLE zones (
     id         TEXT PRIMARY KEY,
@@ -37,6 +38,8 @@ CREATE TABLE receivers (
     schedule_version BIGINT             -- version the receiver reports following
 );
 CREATE INDEX receivers_zone ON receivers(zone_id);
+-- Receivers authenticate audio downloads by token; look them up by its hash.
+CREATE UNIQUE INDEX receivers_token ON receivers(token_hash);
 
 CREATE TABLE programmes (
     id            TEXT PRIMARY KEY,
@@ -59,6 +62,7 @@ CREATE TABLE schedules (
     priority     TEXT NOT NULL,    -- normal | priority | emergency
     created_at   BIGINT NOT NULL
 );
+CREATE INDEX schedules_programme ON schedules(programme_id);
 
 CREATE TABLE schedule_targets (
     schedule_id TEXT NOT NULL REFERENCES schedules(id) ON DELETE CASCADE,
@@ -66,6 +70,7 @@ CREATE TABLE schedule_targets (
     target_id   TEXT NOT NULL,
     PRIMARY KEY (schedule_id, kind, target_id)
 );
+CREATE INDEX schedule_targets_target ON schedule_targets(kind, target_id);
 
 -- Proof of play. report_id is chosen by the receiver, so a re-sent report is stored once.
 CREATE TABLE plays (

@@ -1,1 +1,488 @@
-//! (being written)
+//! The controller's MQTT link, wrapped the way rumqttc itself is built: one
+//! clonable [`Bus`] handle the rest of the controller publishes through, and
+//! one task that polls rumqttc's event loop and hands out typed
+//! [`BusEvent`]s through [`BusEvents`].
+//!
+//! Behaviour worth knowing:
+//! - [`Bus::connect`] returns at once, even when the broker is not up yet:
+//!   publications queue in rumqttc and go out when the link comes up. The
+//!   task reconnects forever with exponential backoff (warning each time)
+//!   and re-subscribes after every `CONNACK`; [`Bus::is_ready`] and
+//!   [`Bus::wait_ready`] tell whether it is connected and subscribed.
+//! - The session is persistent (`clean_session = false`, works with both
+//!   rumqttd and Mosquitto): QoS 1 reports sent while the controller was
+//!   briefly away are delivered when it returns.
+//! - Everything received is checked before it becomes an event: the topic
+//!   must be a Loa receiver topic, the payload must decode within
+//!   [`MAX_PAYLOAD_BYTES`], and the receiver id inside must match the one in
+//!   the topic. Anything else is logged at `warn` and dropped.
+//! - When the last [`Bus`] clone is dropped the task disconnects cleanly
+//!   (flushing what is queued) and ends; [`BusEvents::recv`] then returns `None`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loa_protocol::topics::{ReceiverTopic, parse_receiver_topic};
+use loa_protocol::{MAX_PAYLOAD_BYTES, PlayReport, ReceiverSchedule, ReceiverStatus, ReportAck};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, SubscribeReasonCode};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Incoming packets larger than this break the connection in rumqttc, so it
+/// is set well above the protocol limit; [`loa_protocol::decode`] refuses
+/// what lies between.
+const MAX_INCOMING_PACKET: usize = 4 * MAX_PAYLOAD_BYTES;
+/// Headroom for topic and header over the payload limit.
+const MAX_OUTGOING_PACKET: usize = MAX_PAYLOAD_BYTES + 64 * 1024;
+
+/// Why the bus refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The broker URL is not `mqtt://HOST[:PORT]`.
+    #[error("invalid broker URL {url:?}: {reason} (expected mqtt://HOST:PORT)")]
+    InvalidUrl { url: String, reason: &'static str },
+    /// The payload would exceed what receivers accept.
+    #[error("payload of {0} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// The connection task has ended (the bus is shutting down).
+    #[error("the MQTT connection task has stopped")]
+    Closed,
+}
+
+/// A message from the broker, already validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusEvent {
+    /// The link to the broker is (re)established and subscriptions are
+    /// being renewed. Without `session_present` the broker kept nothing,
+    /// so retained state it held may be gone too (e.g. it restarted).
+    Connected { session_present: bool },
+    /// A receiver's status (heartbeat, or its last will when `online` is false).
+    Status {
+        status: ReceiverStatus,
+        /// Delivered from the broker's retained store on subscription, so
+        /// it may be old; live heartbeats have `retained == false`.
+        retained: bool,
+    },
+    /// A proof-of-play report, to be stored and acknowledged.
+    Play(PlayReport),
+}
+
+/// Connection state shared between the task and the handles.
+#[derive(Debug, Clone, Copy, Default)]
+struct LinkState {
+    /// A `CONNACK` was received and the connection has not failed since.
+    connected: bool,
+    /// The broker acknowledged our subscriptions on this connection.
+    subscribed: bool,
+}
+
+/// Handle for publishing to the broker. Cloning is cheap; the connection
+/// lives until the last clone is dropped.
+#[derive(Clone)]
+pub struct Bus {
+    /// rumqttc's request handle; requests queue while disconnected.
+    client: AsyncClient,
+    /// Latest connection state published by the task.
+    state: watch::Receiver<LinkState>,
+    /// Cancels the connection task when the last handle goes away.
+    _alive: Arc<DropGuard>,
+}
+
+/// The stream of validated incoming messages. There is one per bus; if it
+/// is dropped, incoming messages are discarded but publishing still works.
+pub struct BusEvents {
+    /// Filled by the connection task.
+    rx: mpsc::Receiver<BusEvent>,
+}
+
+impl BusEvents {
+    /// The next event, or `None` once the bus has shut down.
+    pub async fn recv(&mut self) -> Option<BusEvent> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is waiting already.
+    pub fn try_recv(&mut self) -> Option<BusEvent> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Bus {
+    /// Starts connecting to `broker_url` (`mqtt://HOST[:PORT]`, port 1883
+    /// by default) as `client_id` and subscribes to every receiver's status
+    /// and plays topics. Returns at once; see the module docs.
+    ///
+    /// Must be called within a tokio runtime.
+    pub async fn connect(broker_url: &str, client_id: &str) -> Result<(Bus, BusEvents), BusError> {
+        let (host, port) = parse_broker_url(broker_url)?;
+        let mut options = MqttOptions::new(client_id, host, port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(false)
+            .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
+            .set_inflight(100);
+        let (client, eventloop) = AsyncClient::new(options, 256);
+        let (events_tx, rx) = mpsc::channel(1024);
+        let (state_tx, state) = watch::channel(LinkState::default());
+        let stop = CancellationToken::new();
+        let link = Link {
+            eventloop,
+            client: client.clone(),
+            events: events_tx,
+            state: state_tx,
+            stop: stop.clone(),
+            broker: broker_url.to_string(),
+        };
+        tokio::spawn(link.run());
+        let bus = Bus {
+            client,
+            state,
+            _alive: Arc::new(stop.drop_guard()),
+        };
+        Ok((bus, BusEvents { rx }))
+    }
+
+    /// Whether the bus is connected and its subscriptions are acknowledged.
+    pub fn is_ready(&self) -> bool {
+        let s = *self.state.borrow();
+        s.connected && s.subscribed
+    }
+
+    /// Waits until [`Bus::is_ready`] or `timeout`; returns whether it is ready.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut state = self.state.clone();
+        tokio::time::timeout(timeout, state.wait_for(|s| s.connected && s.subscribed))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Publishes `payload` on `topic` (QoS 1 unless it is to be lost
+    /// cheaply). Returns once queued; delivery follows when connected.
+    pub async fn publish(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<(), BusError> {
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(BusError::TooLarge(payload.len()));
+        }
+        self.client
+            .publish(topic, qos, retain, payload)
+            .await
+            .map_err(|_| BusError::Closed)
+    }
+
+    /// Publishes a receiver's schedule retained with QoS 1, so the receiver
+    /// gets it whenever it (re)connects.
+    pub async fn publish_retained_schedule(
+        &self,
+        schedule: &ReceiverSchedule,
+    ) -> Result<(), BusError> {
+        let topic = ReceiverTopic::Schedule.for_receiver(&schedule.receiver_id);
+        self.publish(
+            topic,
+            loa_protocol::encode(schedule),
+            QoS::AtLeastOnce,
+            true,
+        )
+        .await
+    }
+
+    /// Tells a receiver these reports are stored (QoS 1, not retained).
+    pub async fn publish_ack(&self, receiver_id: &str, ack: &ReportAck) -> Result<(), BusError> {
+        let topic = ReceiverTopic::Acks.for_receiver(receiver_id);
+        self.publish(topic, loa_protocol::encode(ack), QoS::AtLeastOnce, false)
+            .await
+    }
+}
+
+/// Splits `mqtt://HOST[:PORT][/]` (also `tcp://`) into host and port.
+/// IPv6 hosts are written in brackets: `mqtt://[::1]:1883`.
+pub fn parse_broker_url(url: &str) -> Result<(String, u16), BusError> {
+    let bad = |reason| BusError::InvalidUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("missing scheme"))?;
+    if !scheme.eq_ignore_ascii_case("mqtt") && !scheme.eq_ignore_ascii_case("tcp") {
+        return Err(bad("only the mqtt:// scheme is supported"));
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err(bad("a path, query or credentials are not supported"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+        match after {
+            "" => (host, None),
+            p => (
+                host,
+                Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?),
+            ),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("missing host"));
+    }
+    let port = match port {
+        None => 1883,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("invalid port"))?,
+    };
+    Ok((host.to_string(), port))
+}
+
+/// The task that owns rumqttc's event loop.
+struct Link {
+    /// rumqttc's connection state machine; only this task polls it.
+    eventloop: rumqttc::EventLoop,
+    /// Used to renew subscriptions and to disconnect at the end.
+    client: AsyncClient,
+    /// Where validated messages go.
+    events: mpsc::Sender<BusEvent>,
+    /// Published connection state.
+    state: watch::Sender<LinkState>,
+    /// Cancelled when the last [`Bus`] is dropped.
+    stop: CancellationToken,
+    /// For log messages.
+    broker: String,
+}
+
+impl Link {
+    async fn run(mut self) {
+        let mut backoff = MIN_BACKOFF;
+        let mut failures = 0u32;
+        loop {
+            let polled = tokio::select! {
+                polled = self.eventloop.poll() => polled,
+                () = self.stop.cancelled() => break,
+            };
+            match polled {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    tracing::info!(broker = %self.broker, session_present = ack.session_present,
+                        "connected to MQTT broker");
+                    backoff = MIN_BACKOFF;
+                    failures = 0;
+                    self.state.send_replace(LinkState {
+                        connected: true,
+                        subscribed: false,
+                    });
+                    self.subscribe();
+                    let event = BusEvent::Connected {
+                        session_present: ack.session_present,
+                    };
+                    forward(&self.events, &self.stop, event).await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .all(|c| matches!(c, SubscribeReasonCode::Success(_)))
+                    {
+                        self.state.send_modify(|s| s.subscribed = true);
+                    } else {
+                        tracing::warn!(broker = %self.broker, codes = ?ack.return_codes,
+                            "MQTT broker refused a subscription");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if let Some(event) = validate(&publish) {
+                        forward(&self.events, &self.stop, event).await;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    failures += 1;
+                    self.state.send_replace(LinkState::default());
+                    tracing::warn!(broker = %self.broker, %error, attempt = failures,
+                        retry_in_ms = backoff.as_millis() as u64, "MQTT connection failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.stop.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        self.disconnect().await;
+    }
+
+    /// Renews the subscriptions from a separate task: awaiting the request
+    /// channel here could deadlock with the poll loop that drains it.
+    fn subscribe(&self) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let filters = [
+                ReceiverTopic::Status.for_all(),
+                ReceiverTopic::Plays.for_all(),
+            ];
+            let filters = filters
+                .into_iter()
+                .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+            if client.subscribe_many(filters).await.is_err() {
+                tracing::debug!("bus closed before subscribing");
+            }
+        });
+    }
+
+    /// Sends DISCONNECT after what is queued, waiting at most a second.
+    async fn disconnect(mut self) {
+        self.state.send_replace(LinkState::default());
+        if self.eventloop.network.is_none() || self.client.try_disconnect().is_err() {
+            return;
+        }
+        let flush = async {
+            loop {
+                match self.eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
+        tracing::info!(broker = %self.broker, "disconnected from MQTT broker");
+    }
+}
+
+/// Hands an event to the consumer; waits if it is busy, drops the event if
+/// nobody listens or the bus is stopping. (A free function: borrowing the
+/// whole [`Link`] across the await would make its task non-`Send`.)
+async fn forward(events: &mpsc::Sender<BusEvent>, stop: &CancellationToken, event: BusEvent) {
+    tokio::select! {
+        _ = events.send(event) => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+/// Turns an incoming publish into an event, or logs why it is dropped.
+fn validate(publish: &rumqttc::Publish) -> Option<BusEvent> {
+    let topic = publish.topic.as_str();
+    let Some((topic_id, kind)) = parse_receiver_topic(topic) else {
+        tracing::warn!(topic, "dropping MQTT message on an unknown topic");
+        return None;
+    };
+    if publish.payload.is_empty() {
+        // A cleared retained message, not a message.
+        tracing::debug!(topic, "ignoring empty MQTT payload");
+        return None;
+    }
+    let claimed_id = match kind {
+        ReceiverTopic::Status => match loa_protocol::decode::<ReceiverStatus>(&publish.payload) {
+            Ok(status) => {
+                let id = status.receiver_id.clone();
+                (id == topic_id)
+                    .then_some(BusEvent::Status {
+                        status,
+                        retained: publish.retain,
+                    })
+                    .ok_or(id)
+            }
+            Err(error) => {
+                tracing::warn!(topic, %error, "dropping malformed receiver status");
+                return None;
+            }
+        },
+        ReceiverTopic::Plays => match loa_protocol::decode::<PlayReport>(&publish.payload) {
+            Ok(report) => {
+                let id = report.receiver_id.clone();
+                (id == topic_id).then_some(BusEvent::Play(report)).ok_or(id)
+            }
+            Err(error) => {
+                tracing::warn!(topic, %error, "dropping malformed play report");
+                return None;
+            }
+        },
+        ReceiverTopic::Schedule | ReceiverTopic::Acks => {
+            tracing::warn!(
+                topic,
+                "dropping MQTT message on a controller-to-receiver topic"
+            );
+            return None;
+        }
+    };
+    match claimed_id {
+        Ok(event) => Some(event),
+        Err(claimed) => {
+            tracing::warn!(topic, claimed_receiver = %claimed,
+                "dropping MQTT message whose receiver id does not match its topic");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            parse_broker_url("mqtt://127.0.0.1:1884").unwrap(),
+            ("127.0.0.1".into(), 1884)
+        );
+        assert_eq!(
+            parse_broker_url("mqtt://broker.local").unwrap(),
+            ("broker.local".into(), 1883)
+        );
+        assert_eq!(parse_broker_url("MQTT://h:1/").unwrap(), ("h".into(), 1));
+        assert_eq!(
+            parse_broker_url("mqtt://[::1]:1883").unwrap(),
+            ("::1".into(), 1883)
+        );
+        for bad in [
+            "127.0.0.1:1883",
+            "http://h:1883",
+            "mqtts://h:8883",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:99999",
+            "mqtt://h:x",
+            "mqtt://u:p@h:1883",
+            "mqtt://h:1883/path",
+            "mqtt://[::1",
+        ] {
+            assert!(parse_broker_url(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    fn publish(topic: &str, payload: &[u8]) -> rumqttc::Publish {
+        rumqttc::Publish::new(topic, QoS::AtLeastOnce, payload.to_vec())
+    }
+
+    #[test]
+    fn forged_malformed_and_stray_messages_are_dropped() {
+        let status = loa_protocol::encode(&ReceiverStatus::offline("r1"));
+        let topic = ReceiverTopic::Status.for_receiver("r1");
+        assert!(matches!(
+            validate(&publish(&topic, &status)),
+            Some(BusEvent::Status { .. })
+        ));
+        let forged = ReceiverTopic::Status.for_receiver("r2");
+        assert_eq!(validate(&publish(&forged, &status)), None);
+        assert_eq!(validate(&publish(&topic, b"{nope")), None);
+        assert_eq!(validate(&publish(&topic, b"")), None);
+        assert_eq!(validate(&publish("elsewhere/r1/status", &status)), None);
+        let plays = ReceiverTopic::Plays.for_receiver("r1");
+        assert_eq!(
+            validate(&publish(&plays, &status)),
+            None,
+            "a status is not a play report"
+        );
+        let acks = ReceiverTopic::Acks.for_receiver("r1");
+        assert_eq!(validate(&publish(&acks, b"{\"report_ids\":[]}")), None);
+    }
+}

@@ -1,1 +1,149 @@
-//! (being written)
+//! Wires the controller together and runs it until shutdown:
+//! database and first user → audio store → MQTT broker (embedded or
+//! external) → bus → distributor and ingest tasks → HTTP API. On shutdown
+//! the HTTP server drains in-flight requests, then the background tasks are
+//! cancelled and awaited.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use sqlx::SqlitePool;
+use tokio_util::sync::CancellationToken;
+
+use crate::api;
+use crate::bus::Bus;
+use crate::config::{Config, MqttMode};
+use crate::db::{self, AdminBootstrap};
+use crate::distribution::Distributor;
+use crate::ingest;
+use crate::state::AppState;
+use crate::store::AudioStore;
+
+/// MQTT client id of the controller (stable, so the broker keeps its
+/// session and queued QoS 1 reports across controller restarts).
+pub const MQTT_CLIENT_ID: &str = "loa-controller";
+
+/// How long background tasks get to finish after the HTTP server stopped.
+const TASK_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The HTTP application for `state`; tests drive it with `oneshot`.
+pub fn app(state: AppState) -> Router {
+    api::router(state)
+}
+
+/// Opens the database (creating the first user if needed) and the audio
+/// store (emptying `tmp/`, removing audio no programme refers to).
+pub async fn open_storage(config: &Config) -> anyhow::Result<(SqlitePool, AudioStore)> {
+    let db = db::open(&config.data_dir)
+        .await
+        .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+    match db::ensure_admin(&db, config.admin_password.as_deref()).await? {
+        AdminBootstrap::Existing => {}
+        AdminBootstrap::FromEnvironment => {
+            tracing::info!("created user admin with the password from LOA_ADMIN_PASSWORD");
+        }
+        AdminBootstrap::Generated(password) => {
+            // Printed once, to stdout only (not the log), and stored nowhere in clear.
+            println!("Mật khẩu quản trị (admin) được tạo: {password} — chỉ hiển thị một lần");
+            println!("Generated admin password: {password} — shown only once");
+        }
+    }
+    let store = AudioStore::open(&config.data_dir).context("opening the audio store")?;
+    let referenced: HashSet<String> = sqlx::query_scalar("SELECT DISTINCT sha256 FROM programmes")
+        .fetch_all(&db)
+        .await?
+        .into_iter()
+        .collect();
+    store.remove_unreferenced(&referenced).await?;
+    Ok((db, store))
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (db, store) = open_storage(&config).await?;
+
+    let (_broker, broker_url) = start_broker(&config.mqtt)?;
+    let (bus, events) = Bus::connect(&broker_url, MQTT_CLIENT_ID)
+        .await
+        .with_context(|| format!("connecting to the MQTT broker {broker_url}"))?;
+
+    let tasks = CancellationToken::new();
+    let distributor =
+        Distributor::spawn(db.clone(), bus.clone(), config.horizon, tasks.child_token());
+    let ingest = ingest::spawn(
+        db.clone(),
+        bus,
+        events,
+        distributor.clone(),
+        tasks.child_token(),
+    );
+
+    let state = AppState::new(db.clone(), store, distributor, config.max_upload_bytes);
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("binding the HTTP address {}", config.http))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(%addr, "HTTP API listening");
+    println!("loa-controller listening on http://{addr}");
+
+    let stop = tasks.clone();
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown => tracing::info!("shutting down"),
+                () = stop.cancelled() => {}
+            }
+        })
+        .await;
+    tasks.cancel();
+    if tokio::time::timeout(TASK_SHUTDOWN_TIMEOUT, ingest)
+        .await
+        .is_err()
+    {
+        tracing::warn!("ingest task did not stop in time");
+    }
+    db.close().await;
+    served.context("HTTP server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Starts the embedded broker if asked to; returns it (kept alive by the
+/// caller) and the URL to connect to.
+#[cfg(feature = "embedded-broker")]
+fn start_broker(
+    mode: &MqttMode,
+) -> anyhow::Result<(Option<crate::broker::EmbeddedBroker>, String)> {
+    match mode {
+        MqttMode::External(url) => {
+            tracing::info!(%url, "using external MQTT broker");
+            Ok((None, url.clone()))
+        }
+        MqttMode::Embedded(listen) => {
+            let broker = crate::broker::EmbeddedBroker::start(*listen)
+                .with_context(|| format!("starting the embedded MQTT broker on {listen}"))?;
+            let url = broker.url();
+            tracing::info!(%url, "embedded MQTT broker running");
+            println!("loa-controller MQTT broker on {url}");
+            Ok((Some(broker), url))
+        }
+    }
+}
+
+/// Without the embedded broker, only `--broker` works.
+#[cfg(not(feature = "embedded-broker"))]
+fn start_broker(mode: &MqttMode) -> anyhow::Result<((), String)> {
+    match mode {
+        MqttMode::External(url) => Ok(((), url.clone())),
+        MqttMode::Embedded(_) => anyhow::bail!(
+            "this build has no embedded MQTT broker (feature `embedded-broker`); pass --broker mqtt://HOST:PORT"
+        ),
+    }
+}

@@ -1,1 +1,50 @@
-//! (being written)
+//! The state every HTTP handler shares. Cloning it is cheap: each part is a
+//! handle (pool, `Arc`s).
+
+use std::sync::Arc;
+
+use sqlx::SqlitePool;
+
+use crate::auth::LoginThrottle;
+use crate::distribution::Distributor;
+use crate::store::AudioStore;
+
+/// Shared handles for the API.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database; the only place state lives.
+    pub db: SqlitePool,
+    /// Content-addressed audio files and the temporary upload area.
+    pub store: AudioStore,
+    /// Told when schedules, receivers or programmes change so receivers get
+    /// their recomputed play events.
+    pub distributor: Distributor,
+    /// Largest accepted upload in bytes (`--max-upload-bytes`).
+    pub max_upload_bytes: u64,
+    /// Failed-login counters (in memory, see [`crate::auth`]).
+    pub throttle: Arc<LoginThrottle>,
+    /// Bounds concurrent transcodes to the number of CPUs, so a burst of
+    /// uploads queues instead of starving the rest of the controller.
+    pub transcode_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// Bundles the handles; the throttle starts empty.
+    pub fn new(
+        db: SqlitePool,
+        store: AudioStore,
+        distributor: Distributor,
+        max_upload_bytes: u64,
+    ) -> Self {
+        AppState {
+            db,
+            store,
+            distributor,
+            max_upload_bytes,
+            throttle: Arc::new(LoginThrottle::default()),
+            transcode_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
+        }
+    }
+}

@@ -1,1 +1,60 @@
-//! (being written)
+//! The HTTP API under `/api/v1`: one module per resource, each exposing its
+//! own `router()`, merged here. Every response is JSON (CSV and audio
+//! excepted) and every failure is an [`ApiError`].
+
+mod audio;
+mod error;
+mod extract;
+mod health;
+mod login;
+mod plays;
+mod programmes;
+mod receivers;
+mod schedules;
+mod upload;
+mod zones;
+
+use axum::Router;
+use axum::http::StatusCode;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+pub use extract::{ApiJson, ApiPath, ApiQuery};
+
+use crate::state::AppState;
+
+/// The whole API with its state attached.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(health::router())
+        .merge(login::router())
+        .merge(zones::router())
+        .merge(receivers::router())
+        .merge(programmes::router(state.max_upload_bytes))
+        .merge(schedules::router())
+        .merge(plays::router());
+    Router::new()
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_such_route",
+        "no such API route",
+        "Không có địa chỉ API này.",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this HTTP method is not allowed on this route",
+        "Địa chỉ này không hỗ trợ phương thức HTTP đã dùng.",
+    )
+}

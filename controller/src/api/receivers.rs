@@ -1,0 +1,294 @@
+//! Receivers (loudspeaker boxes). Creating one returns its own bearer token
+//! once; only the hash is kept. Listing shows presence as reported over
+//! MQTT by [`crate::ingest`]: a receiver is `online` while its last status
+//! said so and its last heartbeat is at most [`ONLINE_WINDOW_MS`] old.
+//!
+//! `POST`/`GET /api/v1/receivers`, `GET`/`PATCH`/`DELETE /api/v1/receivers/{id}`,
+//! `POST /api/v1/receivers/{id}/token` (replace a lost token).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::error::is_unique_violation;
+use super::extract::{check_id, check_text};
+use super::{ApiError, ApiJson, ApiPath};
+use crate::auth::{self, AuthUser};
+use crate::db::{from_ms, now_ms};
+use crate::state::AppState;
+
+/// A receiver whose last heartbeat is older than this is shown offline even
+/// if its last status said online (heartbeats come every 10 s; three missed
+/// plus slack).
+pub const ONLINE_WINDOW_MS: i64 = 35_000;
+
+/// Routes of this resource.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/receivers", get(list).post(create))
+        .route("/receivers/{id}", get(get_one).patch(update).delete(delete))
+        .route("/receivers/{id}/token", post(rotate_token))
+}
+
+/// Body of `POST /receivers`.
+#[derive(Deserialize)]
+struct NewReceiver {
+    /// Chosen by the officer; becomes the MQTT topic level.
+    id: String,
+    /// Display name, e.g. "Loa cổng chợ".
+    name: String,
+    /// The zone it belongs to.
+    zone: String,
+}
+
+/// Body of `PATCH /receivers/{id}`; absent fields are unchanged.
+#[derive(Deserialize)]
+struct ReceiverChange {
+    /// New display name.
+    #[serde(default)]
+    name: Option<String>,
+    /// New zone.
+    #[serde(default)]
+    zone: Option<String>,
+}
+
+/// Answer to a creation or token replacement: the token, shown this once.
+#[derive(Serialize)]
+struct ReceiverCredential {
+    /// The receiver's id.
+    id: String,
+    /// Bearer token for the receiver's audio downloads.
+    token: String,
+    /// Display name.
+    name: String,
+    /// Zone id.
+    zone: String,
+}
+
+/// A receiver as the API lists it.
+#[derive(Serialize)]
+struct Receiver {
+    /// The receiver's id.
+    id: String,
+    /// Display name.
+    name: String,
+    /// Zone id.
+    zone: String,
+    /// Whether it is connected and its heartbeat is recent.
+    online: bool,
+    /// Last status received.
+    last_seen: Option<DateTime<Utc>>,
+    /// What it is playing (`{"programme_id","event_id","started_at"}`), if anything.
+    now_playing: Option<serde_json::Value>,
+    /// Programme ids whose audio it has verified in its cache.
+    cached: Vec<String>,
+    /// Version of the schedule it reports following.
+    schedule_version: Option<i64>,
+    /// When it was registered.
+    created_at: DateTime<Utc>,
+}
+
+/// One `receivers` row.
+#[derive(sqlx::FromRow)]
+struct ReceiverRow {
+    id: String,
+    name: String,
+    zone_id: String,
+    online: bool,
+    last_seen: Option<i64>,
+    now_playing: Option<String>,
+    cached: String,
+    schedule_version: Option<i64>,
+    created_at: i64,
+}
+
+impl ReceiverRow {
+    fn into_api(self, now: i64) -> Receiver {
+        Receiver {
+            online: self.online && self.last_seen.is_some_and(|t| now - t <= ONLINE_WINDOW_MS),
+            last_seen: self.last_seen.map(from_ms),
+            now_playing: self
+                .now_playing
+                .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+                .filter(|v| !v.is_null()),
+            cached: serde_json::from_str(&self.cached).unwrap_or_default(),
+            schedule_version: self.schedule_version,
+            created_at: from_ms(self.created_at),
+            id: self.id,
+            name: self.name,
+            zone: self.zone_id,
+        }
+    }
+}
+
+macro_rules! select_receivers {
+    () => {
+        "SELECT id, name, zone_id, online, last_seen, now_playing, cached, schedule_version, created_at FROM receivers"
+    };
+}
+
+/// Refuses a zone id that does not exist (422: the request names it in its body).
+async fn check_zone(state: &AppState, zone: &str) -> Result<(), ApiError> {
+    check_id("zone", zone)?;
+    let exists: Option<String> = sqlx::query_scalar("SELECT id FROM zones WHERE id = $1")
+        .bind(zone)
+        .fetch_optional(&state.db)
+        .await?;
+    match exists {
+        Some(_) => Ok(()),
+        None => Err(ApiError::unprocessable(
+            "unknown_zone",
+            format!("zone {zone:?} does not exist"),
+            format!("Khu vực \"{zone}\" không tồn tại. Hãy tạo khu vực trước."),
+        )),
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    ApiJson(req): ApiJson<NewReceiver>,
+) -> Result<(StatusCode, Json<ReceiverCredential>), ApiError> {
+    check_id("id", &req.id)?;
+    let name = check_text("name", "tên loa", &req.name, 200)?;
+    check_zone(&state, &req.zone).await?;
+    let token = auth::new_token();
+    let inserted = sqlx::query(
+        "INSERT INTO receivers (id, name, zone_id, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&req.id)
+    .bind(&name)
+    .bind(&req.zone)
+    .bind(auth::token_hash(&token))
+    .bind(now_ms())
+    .execute(&state.db)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => {
+            return Err(ApiError::duplicate("receiver", "loa", &req.id));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(receiver = %req.id, zone = %req.zone, "receiver created");
+    state.distributor.schedules_changed();
+    Ok((
+        StatusCode::CREATED,
+        Json(ReceiverCredential {
+            id: req.id,
+            token,
+            name,
+            zone: req.zone,
+        }),
+    ))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    _user: AuthUser,
+) -> Result<Json<Vec<Receiver>>, ApiError> {
+    let rows: Vec<ReceiverRow> = sqlx::query_as(concat!(select_receivers!(), " ORDER BY id"))
+        .fetch_all(&state.db)
+        .await?;
+    let now = now_ms();
+    Ok(Json(rows.into_iter().map(|r| r.into_api(now)).collect()))
+}
+
+async fn fetch(state: &AppState, id: &str) -> Result<Receiver, ApiError> {
+    let row: Option<ReceiverRow> = sqlx::query_as(concat!(select_receivers!(), " WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?;
+    row.map(|r| r.into_api(now_ms()))
+        .ok_or_else(|| ApiError::not_found("receiver", "loa", id))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Receiver>, ApiError> {
+    fetch(&state, &id).await.map(Json)
+}
+
+async fn update(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(change): ApiJson<ReceiverChange>,
+) -> Result<Json<Receiver>, ApiError> {
+    let current = fetch(&state, &id).await?;
+    let name = match &change.name {
+        Some(n) => check_text("name", "tên loa", n, 200)?,
+        None => current.name.clone(),
+    };
+    let zone = match &change.zone {
+        Some(z) => {
+            check_zone(&state, z).await?;
+            z.clone()
+        }
+        None => current.zone.clone(),
+    };
+    sqlx::query("UPDATE receivers SET name = $1, zone_id = $2 WHERE id = $3")
+        .bind(&name)
+        .bind(&zone)
+        .bind(&id)
+        .execute(&state.db)
+        .await?;
+    if zone != current.zone {
+        tracing::info!(receiver = %id, from = %current.zone, to = %zone, "receiver moved to another zone");
+        state.distributor.schedules_changed();
+    }
+    fetch(&state, &id).await.map(Json)
+}
+
+/// Deletes a receiver and its direct schedule targets; its proof-of-play
+/// history is kept.
+async fn delete(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut tx = state.db.begin().await?;
+    sqlx::query("DELETE FROM schedule_targets WHERE kind = 'receiver' AND target_id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    let deleted = sqlx::query("DELETE FROM receivers WHERE id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if deleted == 0 {
+        return Err(ApiError::not_found("receiver", "loa", &id));
+    }
+    tx.commit().await?;
+    tracing::info!(receiver = %id, "receiver deleted");
+    state.distributor.schedules_changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replaces a receiver's token (the old one stops working at once).
+async fn rotate_token(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ReceiverCredential>, ApiError> {
+    let current = fetch(&state, &id).await?;
+    let token = auth::new_token();
+    sqlx::query("UPDATE receivers SET token_hash = $1 WHERE id = $2")
+        .bind(auth::token_hash(&token))
+        .bind(&id)
+        .execute(&state.db)
+        .await?;
+    tracing::info!(receiver = %id, "receiver token replaced");
+    Ok(Json(ReceiverCredential {
+        id,
+        token,
+        name: current.name,
+        zone: current.zone,
+    }))
+}

@@ -1,0 +1,114 @@
+//! The embedded broker and the controller's bus against it: retained
+//! messages, last wills, large payloads, persistent sessions, and a bus that
+//! starts before its broker.
+
+mod mqtt_common;
+
+use std::time::Duration;
+
+use loa_controller::broker::EmbeddedBroker;
+use loa_controller::bus::{Bus, BusError};
+use loa_protocol::MAX_PAYLOAD_BYTES;
+use loa_protocol::topics::ReceiverTopic;
+use mqtt_common::{TestClient, WAIT, free_port, scenarios};
+use rumqttc::QoS;
+
+fn broker() -> EmbeddedBroker {
+    EmbeddedBroker::start("127.0.0.1:0".parse().unwrap()).expect("embedded broker starts")
+}
+
+#[tokio::test]
+async fn retained_schedule_reaches_a_late_subscriber() {
+    let broker = broker();
+    scenarios::retained_schedule_reaches_late_subscriber(&broker.url()).await;
+}
+
+#[tokio::test]
+async fn last_will_is_published_when_a_receiver_drops() {
+    let broker = broker();
+    scenarios::last_will_is_published_when_a_receiver_drops(&broker.url()).await;
+}
+
+#[tokio::test]
+async fn reports_sent_while_the_controller_is_away_arrive_on_reconnect() {
+    let broker = broker();
+    scenarios::reports_sent_while_controller_away_arrive_on_reconnect(&broker.url()).await;
+}
+
+#[tokio::test]
+async fn payloads_up_to_the_protocol_limit_pass_and_larger_are_refused() {
+    let broker = broker();
+    let url = broker.url();
+    let (bus, _events) = Bus::connect(&url, "ctl-large").await.unwrap();
+    assert!(bus.wait_ready(WAIT).await);
+    let topic = ReceiverTopic::Schedule.for_receiver("big");
+    let mut client = TestClient::connect(&url, "big", None).await;
+    client.subscribe(&topic).await;
+
+    let payload: Vec<u8> = (0..MAX_PAYLOAD_BYTES).map(|i| (i % 251) as u8).collect();
+    bus.publish(topic.clone(), payload.clone(), QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let got = client
+        .next_on(&topic, WAIT)
+        .await
+        .expect("4 MiB payload delivered");
+    assert!(got.payload == payload, "payload intact");
+
+    let too_big = vec![0u8; MAX_PAYLOAD_BYTES + 1];
+    let err = bus
+        .publish(topic, too_big, QoS::AtLeastOnce, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BusError::TooLarge(n) if n == MAX_PAYLOAD_BYTES + 1),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_bus_waits_for_a_broker_that_starts_later() {
+    let port = free_port();
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let (bus, _events) = Bus::connect(&url, "ctl-early")
+        .await
+        .expect("connect returns without a broker");
+    assert!(!bus.is_ready());
+    let schedule_topic = ReceiverTopic::Schedule.for_receiver("early");
+    bus.publish(
+        schedule_topic.clone(),
+        b"{\"queued\":true}".to_vec(),
+        QoS::AtLeastOnce,
+        true,
+    )
+    .await
+    .expect("publishing queues while disconnected");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let broker = EmbeddedBroker::start(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
+    assert_eq!(broker.url(), url);
+    assert!(
+        bus.wait_ready(Duration::from_secs(15)).await,
+        "bus connects once the broker is up"
+    );
+    let mut client = TestClient::connect(&url, "early", None).await;
+    client.subscribe(&schedule_topic).await;
+    let got = client
+        .next_on(&schedule_topic, WAIT)
+        .await
+        .expect("queued retained publish delivered");
+    assert_eq!(&got.payload[..], b"{\"queued\":true}");
+}
+
+#[tokio::test]
+async fn bad_broker_urls_are_refused() {
+    for url in ["http://127.0.0.1:1883", "127.0.0.1:1883", "mqtts://h:8883"] {
+        assert!(
+            matches!(
+                Bus::connect(url, "x").await,
+                Err(BusError::InvalidUrl { .. })
+            ),
+            "{url}"
+        );
+    }
+}
