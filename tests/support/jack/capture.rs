@@ -1,0 +1,254 @@
+//! The recorder's JACK client, run inside the `loa-jack-recorder` helper
+//! process (JACK picks its server from the process environment, so each test
+//! runs its own recorder process against its own server).
+//!
+//! Output files in the output directory:
+//! - `in_K.f32`: every sample of input port `in_K`, f32 little-endian, mono, 48 kHz;
+//! - `timeline.txt`: per JACK cycle, `FRAME USECS` — the index in the `.f32`
+//!   files of the cycle's first frame and JACK's time (µs) of the cycle start;
+//! - `clock.txt`: `JACK_USECS UNIX_NANOS RTT_NANOS` pairs sampled every
+//!   250 ms, bracketing `SystemTime::now()` between two JACK clock readings,
+//!   so frames convert to UTC to a few microseconds without assuming which
+//!   system clock JACK reads;
+//! - `xruns.txt`: JACK time (µs) of every xrun the server reported, so a
+//!   glitch in a recording can be told apart from a receiver's fault.
+//!
+//! The process callback only copies samples into a block and hands it to a
+//! writer thread over a bounded channel; a block the writer cannot take is
+//! dropped, counted, and filled with zeros so later samples keep their place.
+
+use std::fs::File;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use jack::{
+    AudioIn, Client, ClientOptions, Control, NotificationHandler, Port, ProcessHandler,
+    ProcessScope,
+};
+
+/// What the helper records and where.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// JACK client name (ports are `NAME:in_1` … `NAME:in_N`).
+    pub client_name: String,
+    /// Number of input ports.
+    pub ports: usize,
+    /// Directory for the output files.
+    pub out_dir: PathBuf,
+}
+
+/// One cycle's samples on their way from the process callback to the writer.
+struct Block {
+    /// Index of the cycle's first frame since recording began.
+    frame: u64,
+    /// JACK time (µs) of the cycle start.
+    usecs: u64,
+    /// Frames in the cycle.
+    frames: usize,
+    /// Port-major samples: port 1's `frames`, then port 2's, ...
+    samples: Vec<f32>,
+}
+
+/// The real-time half: copies the ports' buffers each cycle.
+struct Capture {
+    /// The input ports, in order.
+    ports: Vec<Port<AudioIn>>,
+    /// To the writer thread.
+    tx: SyncSender<Block>,
+    /// Frames seen so far (the next cycle's first frame index).
+    frames: u64,
+    /// Frames the writer could not take in time.
+    dropped: Arc<AtomicU64>,
+}
+
+impl ProcessHandler for Capture {
+    fn process(&mut self, _: &Client, ps: &ProcessScope) -> Control {
+        let frames = ps.n_frames() as usize;
+        let usecs = ps.cycle_times().map(|t| t.current_usecs).unwrap_or(0);
+        let mut samples = Vec::with_capacity(frames * self.ports.len());
+        for port in &self.ports {
+            samples.extend_from_slice(port.as_slice(ps));
+        }
+        let block = Block {
+            frame: self.frames,
+            usecs,
+            frames,
+            samples,
+        };
+        if self.tx.try_send(block).is_err() {
+            self.dropped.fetch_add(frames as u64, Ordering::Relaxed);
+        }
+        self.frames += frames as u64;
+        Control::Continue
+    }
+}
+
+/// Notification half: notes when the server reports an xrun.
+struct Notifications {
+    /// JACK times (µs) of the xruns so far.
+    xruns: Arc<Mutex<Vec<u64>>>,
+}
+
+impl NotificationHandler for Notifications {
+    fn xrun(&mut self, client: &Client) -> Control {
+        if let Ok(mut xruns) = self.xruns.lock() {
+            xruns.push(client.time());
+        }
+        Control::Continue
+    }
+}
+
+/// Records until stdin reaches end of file or a line `stop` arrives. Prints
+/// `ready CLIENT_NAME` on stdout once the ports exist and the client runs.
+pub fn run(config: &CaptureConfig) -> Result<()> {
+    std::fs::create_dir_all(&config.out_dir)?;
+    let client = connect(&config.client_name, Duration::from_secs(15))?;
+    let mut ports = Vec::new();
+    for k in 1..=config.ports {
+        ports.push(client.register_port(&format!("in_{k}"), AudioIn::default())?);
+    }
+    let name = client.name().to_string();
+    let mut tracks = Vec::new();
+    for k in 1..=config.ports {
+        let path = config.out_dir.join(format!("in_{k}.f32"));
+        tracks.push(BufWriter::new(
+            File::create(&path).with_context(|| format!("create {}", path.display()))?,
+        ));
+    }
+    let timeline = BufWriter::new(File::create(config.out_dir.join("timeline.txt"))?);
+    let mut clock = BufWriter::new(File::create(config.out_dir.join("clock.txt"))?);
+
+    // ~10 s of cycles at 256 frames: room for a slow disk.
+    let (tx, rx) = sync_channel::<Block>(2048);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let writer = std::thread::spawn(move || write_blocks(rx, tracks, timeline));
+    let xruns = Arc::new(Mutex::new(Vec::new()));
+    let notifications = Notifications {
+        xruns: xruns.clone(),
+    };
+    let active = client.activate_async(
+        notifications,
+        Capture {
+            ports,
+            tx,
+            frames: 0,
+            dropped: dropped.clone(),
+        },
+    )?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_flag = stop.clone();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            match line {
+                Ok(l) if l.trim() == "stop" => break,
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        stop_flag.store(true, Ordering::SeqCst);
+    });
+    println!("ready {name}");
+    std::io::stdout().flush()?;
+
+    while !stop.load(Ordering::SeqCst) {
+        let (jack_us, unix_ns, rtt_ns) = clock_pair(active.as_client());
+        writeln!(clock, "{jack_us} {unix_ns} {rtt_ns}")?;
+        clock.flush()?;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (client, _, handler) = active.deactivate()?;
+    let (jack_us, unix_ns, rtt_ns) = clock_pair(&client);
+    writeln!(clock, "{jack_us} {unix_ns} {rtt_ns}")?;
+    clock.flush()?;
+    let xruns = xruns.lock().map(|x| x.clone()).unwrap_or_default();
+    let text: String = xruns.iter().map(|us| format!("{us}\n")).collect();
+    std::fs::write(config.out_dir.join("xruns.txt"), text)?;
+    let frames = handler.frames;
+    drop(handler); // closes the channel, so the writer finishes
+    let gaps = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+    eprintln!(
+        "recorded {frames} frames ({:.1} s), dropped {} frames, {gaps} gap frames filled, {} xruns",
+        frames as f64 / 48_000.0,
+        dropped.load(Ordering::Relaxed),
+        xruns.len()
+    );
+    Ok(())
+}
+
+/// Opens the client, retrying while the server is still starting.
+fn connect(name: &str, timeout: Duration) -> Result<Client> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match Client::new(
+            name,
+            ClientOptions::NO_START_SERVER | ClientOptions::USE_EXACT_NAME,
+        ) {
+            Ok((client, _status)) => return Ok(client),
+            Err(e) if Instant::now() > deadline => {
+                bail!("cannot connect to the JACK server: {e:?}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The tightest of a few (JACK time, wall time) readings: JACK µs at the
+/// midpoint of the bracket, wall clock in ns since the Unix epoch, bracket width.
+fn clock_pair(client: &Client) -> (u64, i128, u64) {
+    let mut best = (0, 0, u64::MAX);
+    for _ in 0..7 {
+        let before = client.time();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        let after = client.time();
+        let rtt_ns = (after - before) * 1000;
+        if rtt_ns < best.2 {
+            best = ((before + after) / 2, wall, rtt_ns);
+        }
+    }
+    best
+}
+
+/// Writer thread: appends blocks to the files; returns the zero frames it
+/// inserted for dropped blocks.
+fn write_blocks(
+    rx: Receiver<Block>,
+    mut tracks: Vec<BufWriter<File>>,
+    mut timeline: BufWriter<File>,
+) -> Result<u64> {
+    let mut written = 0u64;
+    let mut gaps = 0u64;
+    for block in rx {
+        if block.frame > written {
+            let missing = block.frame - written;
+            let zeros = vec![0u8; missing as usize * 4];
+            for track in &mut tracks {
+                track.write_all(&zeros)?;
+            }
+            gaps += missing;
+        }
+        writeln!(timeline, "{} {}", block.frame, block.usecs)?;
+        for (k, track) in tracks.iter_mut().enumerate() {
+            let part = &block.samples[k * block.frames..(k + 1) * block.frames];
+            for s in part {
+                track.write_all(&s.to_le_bytes())?;
+            }
+        }
+        written = block.frame + block.frames as u64;
+    }
+    for mut track in tracks {
+        track.flush()?;
+    }
+    timeline.flush()?;
+    Ok(gaps)
+}
