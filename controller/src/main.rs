@@ -24,7 +24,9 @@ async fn main() -> anyhow::Result<()> {
     let Command::Serve(args) = Cli::parse().command;
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                EnvFilter::new(format!("info,{}", loa_controller::broker::LOG_DIRECTIVE))
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -5,6 +5,7 @@
 //! [`messages`]. Payloads are JSON; [`decode`] bounds their size and turns
 //! anything malformed into a typed [`ProtocolError`] instead of a panic.
 
+pub mod live;
 pub mod messages;
 pub mod topics;
 

@@ -22,6 +22,10 @@ pub struct ReceiverSchedule {
     pub programmes: BTreeMap<String, ProgrammeRef>,
     /// Occurrences to play, sorted by `starts_at`.
     pub events: Vec<PlayEvent>,
+    /// The zone (village) the receiver belongs to; it subscribes to that
+    /// zone's live topic as well as its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 /// Where a receiver gets a programme's audio and how it checks it.
@@ -120,6 +124,19 @@ pub struct PlayReport {
     /// Human-readable reason for `missed` or `failed`.
     #[serde(default)]
     pub detail: Option<String>,
+    /// Live broadcasts that interrupted this play; it resumed after each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interruptions: Vec<Interruption>,
+}
+
+/// A stretch of a scheduled play during which a live broadcast took the
+/// loudspeakers; the programme resumed where it stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interruption {
+    /// The broadcast's id (UUID, hyphenated).
+    pub broadcast_id: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
 }
 
 /// The controller's acknowledgement that these reports are stored.

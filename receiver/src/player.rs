@@ -425,6 +425,7 @@ impl PlayerThread {
             ended_at,
             outcome,
             detail,
+            interruptions: Vec::new(),
         }
     }
 

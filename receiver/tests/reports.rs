@@ -20,6 +20,7 @@ fn report(event: &str) -> PlayReport {
         ended_at: Some(at + Duration::seconds(60)),
         outcome: PlayOutcome::Completed,
         detail: None,
+        interruptions: Vec::new(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! expand each schedule once, give every receiver the events of the
 //! schedules that target it or its zone, and publish what changed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use loa_protocol::{MAX_PAYLOAD_BYTES, PlayEvent, ProgrammeRef, ReceiverSchedule};
@@ -108,6 +108,30 @@ pub async fn run_pass(
         .map(|(id, version, published_at, hash)| (id, (version, published_at, hash)))
         .collect();
 
+    // A receiver deleted since the last pass gets an empty schedule, so a
+    // box still running with the old retained one stops playing it.
+    let current: HashSet<&str> = receivers.iter().map(|(id, _)| id.as_str()).collect();
+    for (receiver_id, (version, _, _)) in &previous {
+        if current.contains(receiver_id.as_str()) {
+            continue;
+        }
+        let empty = ReceiverSchedule {
+            receiver_id: receiver_id.clone(),
+            version: (*version + 1).max(now.timestamp_millis()) as u64,
+            generated_at: now,
+            horizon_end: now + horizon,
+            programmes: BTreeMap::new(),
+            events: Vec::new(),
+            zone: None,
+        };
+        bus.publish_retained_schedule(&empty).await?;
+        sqlx::query("DELETE FROM distributions WHERE receiver_id = $1")
+            .bind(receiver_id)
+            .execute(db)
+            .await?;
+        tracing::info!(receiver = %receiver_id, "cleared the schedule of a deleted receiver");
+    }
+
     let horizon_end = now + horizon;
     // Refresh at least every half horizon so `horizon_end` never lapses.
     let stale_before = (now - horizon / 2).timestamp_millis();
@@ -122,6 +146,7 @@ pub async fn run_pass(
             horizon_end,
             programmes: BTreeMap::new(),
             events: Vec::new(),
+            zone: Some(zone_id.clone()),
         };
         for &i in &chosen {
             let e = &expanded[i].1;
@@ -271,7 +296,7 @@ fn fit_payload(schedule: &mut ReceiverSchedule) -> bool {
 /// shortened horizon, if any), not the always-moving generation times.
 fn content_hash(schedule: &ReceiverSchedule, truncated: bool) -> String {
     let horizon = truncated.then_some(schedule.horizon_end);
-    let content = serde_json::to_vec(&(&schedule.events, &schedule.programmes, horizon))
+    let content = serde_json::to_vec(&(&schedule.events, &schedule.programmes, horizon, &schedule.zone))
         .expect("schedule content always serialises");
     hex::encode(Sha256::digest(content))
 }
@@ -339,6 +364,7 @@ mod tests {
             horizon_end: now,
             programmes: BTreeMap::new(),
             events: vec![event(1)],
+            zone: None,
         };
         let mut b = a.clone();
         b.generated_at = now + Duration::minutes(10);

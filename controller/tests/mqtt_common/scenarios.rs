@@ -46,6 +46,7 @@ fn sample_schedule(receiver_id: &str) -> ReceiverSchedule {
             duration_ms: 5000,
             priority: Priority::Normal,
         }],
+        zone: None,
     }
 }
 
@@ -144,6 +145,7 @@ pub fn report(receiver: &str, report_id: &str) -> PlayReport {
         ended_at: Some(scheduled_at + chrono::Duration::seconds(5)),
         outcome: PlayOutcome::Completed,
         detail: None,
+        interruptions: Vec::new(),
     }
 }
 

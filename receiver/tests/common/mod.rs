@@ -134,6 +134,7 @@ pub fn schedule(
             .map(|(id, r)| (id.to_string(), (*r).clone()))
             .collect::<BTreeMap<_, _>>(),
         events,
+        zone: None,
     }
 }
 
