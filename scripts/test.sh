@@ -52,7 +52,7 @@ built=${results[-1]}
 step "clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "unit and integration tests" cargo test --workspace --exclude loa-e2e
 if [ "$built" = PASS ]; then
-    step "end-to-end tests" cargo test -p loa-e2e -- --test-threads=1 --nocapture
+    step "end-to-end tests" cargo test -p loa-e2e --no-fail-fast -- --test-threads=1 --nocapture
 else
     skip "end-to-end tests" "build failed"
 fi

@@ -23,11 +23,9 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let Command::Serve(args) = Cli::parse().command;
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                EnvFilter::new(format!("info,{}", loa_controller::broker::LOG_DIRECTIVE))
-            }),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new(format!("info,{}", loa_controller::broker::LOG_DIRECTIVE))
+        }))
         .with_writer(std::io::stderr)
         .init();
     let config = args.into_config()?;

@@ -57,7 +57,17 @@ mod tests {
 
     #[test]
     fn ids_that_could_escape_a_topic_or_path_are_invalid() {
-        for bad in ["", "a/b", "+", "#", "..", ".", "a b", "thôn-1", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a/b",
+            "+",
+            "#",
+            "..",
+            ".",
+            "a b",
+            "thôn-1",
+            &"x".repeat(65),
+        ] {
             assert!(!is_valid_id(bad), "{bad:?} accepted");
         }
         for good in ["thon-1", "R_01", "a.b", &"x".repeat(64)] {
@@ -67,8 +77,14 @@ mod tests {
 
     #[test]
     fn malformed_and_oversize_payloads_are_refused() {
-        assert!(matches!(decode::<ReportAck>(b"{not json"), Err(ProtocolError::Malformed(_))));
+        assert!(matches!(
+            decode::<ReportAck>(b"{not json"),
+            Err(ProtocolError::Malformed(_))
+        ));
         let huge = vec![b' '; MAX_PAYLOAD_BYTES + 1];
-        assert!(matches!(decode::<ReportAck>(&huge), Err(ProtocolError::TooLarge(_))));
+        assert!(matches!(
+            decode::<ReportAck>(&huge),
+            Err(ProtocolError::TooLarge(_))
+        ));
     }
 }

@@ -166,7 +166,9 @@ impl LiveFrame {
         let seq = u32::from_be_bytes(bytes[24..28].try_into().expect("4 bytes"));
         let capture_us = i64::from_be_bytes(bytes[28..36].try_into().expect("8 bytes"));
         let playout_delay_ms = u16::from_be_bytes(bytes[36..38].try_into().expect("2 bytes"));
-        let declared = usize::from(u16::from_be_bytes(bytes[38..40].try_into().expect("2 bytes")));
+        let declared = usize::from(u16::from_be_bytes(
+            bytes[38..40].try_into().expect("2 bytes"),
+        ));
         let payload = &bytes[HEADER_BYTES..];
         if declared != payload.len() {
             return Err(FrameError::Length {
@@ -267,14 +269,20 @@ mod tests {
         assert_eq!(LiveFrame::decode(&bad), Err(FrameError::Priority(3)));
         let mut bad = good.clone();
         bad.push(0);
-        assert!(matches!(LiveFrame::decode(&bad), Err(FrameError::Length { .. })));
+        assert!(matches!(
+            LiveFrame::decode(&bad),
+            Err(FrameError::Length { .. })
+        ));
     }
 
     #[test]
     fn topics_are_distinct_from_receiver_topics() {
         assert_eq!(zone_live_topic("thon-1"), "loa/v1/live/zones/thon-1");
         assert_eq!(receiver_live_topic("loa-1"), "loa/v1/live/receivers/loa-1");
-        assert_eq!(crate::topics::parse_receiver_topic(&clock_request_topic("loa-1")), None);
+        assert_eq!(
+            crate::topics::parse_receiver_topic(&clock_request_topic("loa-1")),
+            None
+        );
         assert_eq!(clock_request_filter(), "loa/v1/receivers/+/clock");
     }
 }

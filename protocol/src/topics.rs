@@ -64,7 +64,12 @@ mod tests {
 
     #[test]
     fn topics_round_trip() {
-        for kind in [ReceiverTopic::Schedule, ReceiverTopic::Status, ReceiverTopic::Plays, ReceiverTopic::Acks] {
+        for kind in [
+            ReceiverTopic::Schedule,
+            ReceiverTopic::Status,
+            ReceiverTopic::Plays,
+            ReceiverTopic::Acks,
+        ] {
             let t = kind.for_receiver("thon-1");
             assert_eq!(parse_receiver_topic(&t), Some(("thon-1", kind)));
         }

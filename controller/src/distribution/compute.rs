@@ -296,8 +296,13 @@ fn fit_payload(schedule: &mut ReceiverSchedule) -> bool {
 /// shortened horizon, if any), not the always-moving generation times.
 fn content_hash(schedule: &ReceiverSchedule, truncated: bool) -> String {
     let horizon = truncated.then_some(schedule.horizon_end);
-    let content = serde_json::to_vec(&(&schedule.events, &schedule.programmes, horizon, &schedule.zone))
-        .expect("schedule content always serialises");
+    let content = serde_json::to_vec(&(
+        &schedule.events,
+        &schedule.programmes,
+        horizon,
+        &schedule.zone,
+    ))
+    .expect("schedule content always serialises");
     hex::encode(Sha256::digest(content))
 }
 
@@ -334,6 +339,7 @@ mod tests {
                 },
             )]),
             events: (0..40_000).map(event).collect(),
+            zone: None,
         };
         assert!(fit_payload(&mut schedule));
         assert!(loa_protocol::encode(&schedule).len() <= MAX_PAYLOAD_BYTES);
