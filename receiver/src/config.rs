@@ -33,7 +33,15 @@ pub struct Config {
     pub prepare: Duration,
     /// How long audio no longer in the schedule stays cached.
     pub cache_grace: Duration,
+    /// Output gain (linear, 1.0 = as sent) for normal and priority audio,
+    /// scheduled or live (`--volume`).
+    pub volume: f32,
+    /// Output gain for emergency audio (`--emergency-volume`).
+    pub emergency_volume: f32,
 }
+
+/// Largest accepted output gain (+12 dB).
+pub const MAX_VOLUME: f32 = 4.0;
 
 /// Why a configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +54,8 @@ pub enum ConfigError {
     EmptyToken,
     #[error("--heartbeat-secs must be at least 1")]
     BadHeartbeat,
+    #[error("{flag} {value} is invalid: use a gain from 0 to {MAX_VOLUME} (1.0 = unchanged)")]
+    BadVolume { flag: &'static str, value: f32 },
 }
 
 impl Config {
@@ -63,6 +73,14 @@ impl Config {
         }
         if self.heartbeat < Duration::from_secs(1) {
             return Err(ConfigError::BadHeartbeat);
+        }
+        for (flag, value) in [
+            ("--volume", self.volume),
+            ("--emergency-volume", self.emergency_volume),
+        ] {
+            if !(0.0..=MAX_VOLUME).contains(&value) {
+                return Err(ConfigError::BadVolume { flag, value });
+            }
         }
         Ok(())
     }

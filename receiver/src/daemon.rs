@@ -6,7 +6,13 @@
 //! - link → report queue (acks delete reports);
 //! - player → ledger and report queue → link (reports, written to disk first);
 //! - player, fetcher, timer → link (status: now playing, cached programmes,
-//!   schedule version), and every ~30 s unacknowledged reports again.
+//!   schedule version), and every ~30 s unacknowledged reports again;
+//! - schedule → link: the zone whose live broadcasts to follow.
+//!
+//! Live frames and clock replies bypass this loop: the link hands frames to
+//! the player thread ([`LiveFeed`](crate::live::LiveFeed)) and replies to
+//! the [`Clock`], which a task of its own keeps asking
+//! ([`clock::run_sync`](crate::clock::run_sync)).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -20,10 +26,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
+use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::fetcher::Fetcher;
 use crate::ledger::Ledger;
-use crate::link::{Inbound, Link, LinkConfig};
+use crate::link::{Inbound, Link, LinkConfig, LiveHooks};
 use crate::player::{Player, PlayerConfig, PlayerEvent, PlayerHandle};
 use crate::reports::ReportQueue;
 use crate::schedule_store::{Refusal, ScheduleStore};
@@ -51,12 +58,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let current = store.current().cloned().map(Arc::new);
 
     let (player_tx, mut player_rx) = mpsc::unbounded_channel();
+    let clock = Clock::new();
     let player_config = PlayerConfig {
         receiver_id: config.receiver_id.clone(),
         output: config.output.clone(),
         amplifier: config.amplifier.clone(),
         prepare: config.prepare,
         cache: cache.clone(),
+        volume: config.volume,
+        emergency_volume: config.emergency_volume,
+        clock: clock.clone(),
     };
     let done = ledger.done_ids();
     let player = tokio::task::spawn_blocking(move || Player::spawn(player_config, done, player_tx))
@@ -93,7 +104,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         broker: config.broker.clone(),
         keep_alive: Duration::from_secs(15),
     };
-    let (link, link_task) = Link::start(link_config, inbound_tx, stop.clone());
+    let hooks = LiveHooks {
+        clock: clock.clone(),
+        frames: player.live_feed(),
+    };
+    let (link, link_task) = Link::start(link_config, inbound_tx, hooks, stop.clone());
+    link.set_zone(store.current().and_then(|s| s.zone.as_deref()));
+    let clock_task = tokio::spawn(clock::run_sync(clock, link.clone(), stop.clone()));
 
     let mut daemon = Daemon {
         config: &config,
@@ -120,6 +137,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     stop.cancel();
     let _ = link_task.await;
     let _ = fetcher_task.await;
+    let _ = clock_task.await;
     Ok(())
 }
 
@@ -205,6 +223,7 @@ impl Daemon<'_> {
                     "new schedule accepted"
                 );
                 self.player.set_schedule(current.clone());
+                self.link.set_zone(current.zone.as_deref());
                 let ids: HashSet<&str> = current.events.iter().map(|e| e.id.as_str()).collect();
                 if let Err(e) = self.ledger.prune(&ids, Utc::now()) {
                     tracing::warn!(error = %e, "cannot prune the play ledger");
@@ -250,6 +269,9 @@ impl Daemon<'_> {
             PlayerEvent::NowPlaying(now_playing) => {
                 self.now_playing = now_playing;
                 self.publish_status();
+            }
+            PlayerEvent::LiveEnded(summary) => {
+                tracing::debug!(?summary, "live broadcast summary");
             }
         }
     }

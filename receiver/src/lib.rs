@@ -6,12 +6,14 @@
 //! The binary is a thin shell around [`run`].
 
 pub mod cache;
+pub mod clock;
 pub mod config;
 mod daemon;
 pub mod fetcher;
 pub mod fsutil;
 pub mod ledger;
 pub mod link;
+pub mod live;
 pub mod opus_source;
 mod playback;
 pub mod player;

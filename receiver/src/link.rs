@@ -14,12 +14,24 @@
 //!   id) are logged and dropped; they never reach the rest of the receiver.
 //! - Publishing never blocks: while the link is down, messages are dropped
 //!   (statuses are periodic, reports stay queued on disk and are re-sent).
+//! - Live broadcasts: it also subscribes (QoS 0) to the receiver's own live
+//!   topic, to its zone's live topic once the schedule names the zone
+//!   ([`Link::set_zone`], resubscribing when it changes) and to its clock
+//!   replies. Live frames are decoded with [`LiveFrame::decode`] and handed
+//!   to the player thread through [`LiveFeed::offer`], which never blocks
+//!   (a full queue drops the frame); malformed ones are dropped with a
+//!   rate-limited log line. Clock replies are stamped on arrival and go
+//!   straight to the [`Clock`].
 
 use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use loa_protocol::live::{
+    ClockReply, ClockRequest, LiveFrame, clock_reply_topic, clock_request_topic,
+    receiver_live_topic, zone_live_topic,
+};
 use loa_protocol::topics::{ReceiverTopic, parse_receiver_topic};
 use loa_protocol::{
     MAX_PAYLOAD_BYTES, PlayReport, ReceiverSchedule, ReceiverStatus, ReportAck, decode, encode,
@@ -29,6 +41,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, local_now_us};
+use crate::live::LiveFeed;
+
 /// First reconnection delay; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest reconnection delay.
@@ -37,6 +52,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// limit, so an oversize payload is still received, refused and logged
 /// rather than breaking the connection.
 const MAX_INCOMING_PACKET: usize = 2 * MAX_PAYLOAD_BYTES;
+/// Dropped live frames and clock replies are logged at most this often.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A broker address from `--broker mqtt://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +121,55 @@ pub struct LinkConfig {
     pub keep_alive: Duration,
 }
 
+/// Where the link delivers live traffic.
+#[derive(Clone)]
+pub struct LiveHooks {
+    /// Takes clock replies.
+    pub clock: Clock,
+    /// Takes live frames to the player thread.
+    pub frames: LiveFeed,
+}
+
+/// Counts dropped messages of one kind and logs them at most every
+/// [`DROP_LOG_INTERVAL`].
+struct DropLog {
+    what: &'static str,
+    count: u64,
+    last: Option<Instant>,
+}
+
+impl DropLog {
+    const fn new(what: &'static str) -> Self {
+        DropLog {
+            what,
+            count: 0,
+            last: None,
+        }
+    }
+
+    fn drop_one(&mut self, reason: &dyn std::fmt::Display) {
+        self.count += 1;
+        if self.last.is_none_or(|t| t.elapsed() >= DROP_LOG_INTERVAL) {
+            tracing::warn!(what = self.what, dropped = self.count, last_reason = %reason, "dropping live messages");
+            self.count = 0;
+            self.last = Some(Instant::now());
+        }
+    }
+}
+
+/// The live side of the link: topics and where messages go.
+struct LiveLink {
+    hooks: LiveHooks,
+    /// `loa/v1/live/receivers/{id}`.
+    own_topic: String,
+    /// `loa/v1/receivers/{id}/clock-reply`.
+    reply_topic: String,
+    /// The zone's live topic, once the schedule names the zone.
+    zone_topic: Mutex<Option<String>>,
+    frames_dropped: Mutex<DropLog>,
+    replies_dropped: Mutex<DropLog>,
+}
+
 /// Handle for publishing; cheap to clone.
 #[derive(Clone)]
 pub struct Link {
@@ -113,6 +179,10 @@ pub struct Link {
     receiver_id: String,
     /// Whether the connection is up (set by the polling task).
     connected: Arc<AtomicBool>,
+    /// Incremented at every (re)connection, after subscribing.
+    generation: Arc<AtomicU64>,
+    /// Live frames and clock replies.
+    live: Arc<LiveLink>,
 }
 
 impl Link {
@@ -121,6 +191,7 @@ impl Link {
     pub fn start(
         config: LinkConfig,
         inbound: UnboundedSender<Inbound>,
+        hooks: LiveHooks,
         shutdown: CancellationToken,
     ) -> (Link, JoinHandle<()>) {
         let status_topic = ReceiverTopic::Status.for_receiver(&config.receiver_id);
@@ -138,10 +209,20 @@ impl Link {
                 true,
             ));
         let (client, eventloop) = AsyncClient::new(options, 256);
+        let live = LiveLink {
+            hooks,
+            own_topic: receiver_live_topic(&config.receiver_id),
+            reply_topic: clock_reply_topic(&config.receiver_id),
+            zone_topic: Mutex::new(None),
+            frames_dropped: Mutex::new(DropLog::new("live frames")),
+            replies_dropped: Mutex::new(DropLog::new("clock replies")),
+        };
         let link = Link {
             client,
             receiver_id: config.receiver_id.clone(),
             connected: Arc::new(AtomicBool::new(false)),
+            generation: Arc::new(AtomicU64::new(0)),
+            live: Arc::new(live),
         };
         let task = tokio::spawn(link.clone().poll(eventloop, inbound, shutdown));
         (link, task)
@@ -150,6 +231,66 @@ impl Link {
     /// Whether the connection to the broker is up.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    /// How many times the link has connected (and subscribed) so far.
+    pub fn connection_generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Follows the live topic of `zone` (the one the schedule names), or
+    /// none; resubscribes at once when connected and the zone changed.
+    /// Zones that are not valid ids are refused (they could be wildcards).
+    pub fn set_zone(&self, zone: Option<&str>) {
+        let zone = match zone {
+            Some(z) if loa_protocol::is_valid_id(z) => Some(z),
+            Some(z) => {
+                tracing::warn!(zone = %z, "schedule names an invalid zone; not following its live topic");
+                None
+            }
+            None => None,
+        };
+        let topic = zone.map(zone_live_topic);
+        let old = {
+            let mut current = self
+                .live
+                .zone_topic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if *current == topic {
+                return;
+            }
+            std::mem::replace(&mut *current, topic.clone())
+        };
+        tracing::info!(zone = ?zone, "following the zone's live broadcasts");
+        if !self.is_connected() {
+            return;
+        }
+        if let Some(old) = old
+            && let Err(e) = self.client.try_unsubscribe(old)
+        {
+            tracing::warn!(error = %e, "cannot unsubscribe from the old zone's live topic");
+        }
+        if let Some(topic) = topic
+            && let Err(e) = self.client.try_subscribe(topic, QoS::AtMostOnce)
+        {
+            tracing::error!(error = %e, "cannot subscribe to the zone's live topic");
+        }
+    }
+
+    /// Publishes a clock request (QoS 0). False if not sent.
+    pub fn publish_clock_request(&self, request: &ClockRequest) -> bool {
+        if !self.is_connected() {
+            return false;
+        }
+        self.client
+            .try_publish(
+                clock_request_topic(&self.receiver_id),
+                QoS::AtMostOnce,
+                false,
+                encode(request),
+            )
+            .is_ok()
     }
 
     /// Publishes this receiver's status (retained). False if not sent.
@@ -197,15 +338,37 @@ impl Link {
                     tracing::info!(host = ?eventloop.mqtt_options.broker_address(), "connected to the MQTT broker");
                     backoff = FIRST_BACKOFF;
                     self.connected.store(true, Ordering::SeqCst);
-                    let filters = [ReceiverTopic::Schedule, ReceiverTopic::Acks].map(|k| {
-                        SubscribeFilter::new(k.for_receiver(&self.receiver_id), QoS::AtLeastOnce)
-                    });
+                    let mut filters: Vec<SubscribeFilter> =
+                        [ReceiverTopic::Schedule, ReceiverTopic::Acks]
+                            .map(|k| {
+                                SubscribeFilter::new(
+                                    k.for_receiver(&self.receiver_id),
+                                    QoS::AtLeastOnce,
+                                )
+                            })
+                            .into();
+                    filters.push(SubscribeFilter::new(
+                        self.live.own_topic.clone(),
+                        QoS::AtMostOnce,
+                    ));
+                    filters.push(SubscribeFilter::new(
+                        self.live.reply_topic.clone(),
+                        QoS::AtMostOnce,
+                    ));
+                    if let Some(zone) = self.zone_topic() {
+                        filters.push(SubscribeFilter::new(zone, QoS::AtMostOnce));
+                    }
                     if let Err(e) = self.client.try_subscribe_many(filters) {
                         tracing::error!(error = %e, "cannot subscribe");
                     }
+                    self.generation.fetch_add(1, Ordering::SeqCst);
                     let _ = inbound.send(Inbound::Connected);
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let arrived = local_now_us();
+                    if self.take_live(&publish.topic, &publish.payload, arrived) {
+                        continue;
+                    }
                     if let Some(message) = self.classify(&publish.topic, &publish.payload) {
                         let _ = inbound.send(message);
                     }
@@ -227,6 +390,58 @@ impl Link {
             }
         }
         self.say_goodbye(&mut eventloop).await;
+    }
+
+    /// The zone's live topic, if the schedule named one.
+    fn zone_topic(&self) -> Option<String> {
+        self.live
+            .zone_topic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Handles live frames and clock replies (true if `topic` is one of
+    /// theirs). Never blocks.
+    fn take_live(&self, topic: &str, payload: &[u8], arrived_us: i64) -> bool {
+        let live = &self.live;
+        if topic == live.reply_topic {
+            let result = loa_protocol::decode::<ClockReply>(payload)
+                .map_err(|e| e.to_string())
+                .and_then(|reply| {
+                    live.hooks
+                        .clock
+                        .on_reply(&reply, arrived_us)
+                        .map_err(|e| e.to_string())
+                });
+            match result {
+                Ok(sample) => tracing::trace!(?sample, "clock sample"),
+                Err(e) => live
+                    .replies_dropped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drop_one(&e),
+            }
+            return true;
+        }
+        let ours = topic == live.own_topic || self.zone_topic().is_some_and(|z| z == topic);
+        if !ours {
+            return topic.starts_with(&format!("{}/live/", loa_protocol::topics::PREFIX));
+        }
+        let reason = match LiveFrame::decode(payload) {
+            Ok(frame) => {
+                if live.hooks.frames.offer(frame, arrived_us) {
+                    return true;
+                }
+                "the player's live queue is full".to_string()
+            }
+            Err(e) => e.to_string(),
+        };
+        live.frames_dropped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drop_one(&reason);
+        true
     }
 
     /// Turns a received publish into an [`Inbound`] message, or logs why not.

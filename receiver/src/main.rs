@@ -56,6 +56,12 @@ struct RunArgs {
     /// Seconds audio no longer scheduled stays cached.
     #[arg(long, default_value_t = 3600)]
     cache_grace_secs: u64,
+    /// Output gain for normal and priority audio, scheduled or live (0–4, 1 = unchanged).
+    #[arg(long, default_value_t = 1.0)]
+    volume: f32,
+    /// Output gain for emergency audio, scheduled or live (0–4, 1 = unchanged).
+    #[arg(long, default_value_t = 1.0)]
+    emergency_volume: f32,
 }
 
 #[tokio::main]
@@ -78,6 +84,8 @@ async fn main() -> anyhow::Result<()> {
         heartbeat: Duration::from_secs(args.heartbeat_secs),
         prepare: Duration::from_millis(args.prepare_ms),
         cache_grace: Duration::from_secs(args.cache_grace_secs),
+        volume: args.volume,
+        emergency_volume: args.emergency_volume,
     };
     loa_receiver::run(config, shutdown_signal()).await
 }

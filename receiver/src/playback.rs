@@ -17,18 +17,36 @@
 //!    removes the event (cut at once, `preempted`) or moves its end earlier
 //!    (a higher-priority event cuts in): queued audio past the cut is
 //!    cleared, so the switch is heard within a frame.
+//! 5. **Live broadcasts**: between chunks the player checks the followed
+//!    live broadcast. One of equal or higher priority interrupts the play
+//!    at the instant its first sample is due: programme audio is written up
+//!    to that instant, and audio queued past it is cleared and put back in
+//!    the feed, so the programme later resumes at exactly the sample heard
+//!    last ([`ProgrammeFeed`]). When the broadcast ends the programme
+//!    resumes, and the report lists the interruption (`interruptions`); a
+//!    play cut by a higher-priority event still ends at that event's start.
+//!
+//! Every sample written is scaled by the output gain: `--emergency-volume`
+//! for emergency plays, `--volume` for the others.
+
+use std::collections::VecDeque;
 
 use chrono::{DateTime, Duration, Utc};
-use loa_protocol::{NowPlaying, PlayOutcome};
+use loa_protocol::{Interruption, NowPlaying, PlayOutcome};
 use loa_schedules::PlannedPlay;
 
-use crate::opus_source::OpusSource;
+use crate::clock::{local_now_us, utc_of_local};
+use crate::live::drift::SAMPLE_US;
+use crate::live::session::LiveExit;
+use crate::opus_source::{DecodeError, OpusSource};
 use crate::player::{PlayerEvent, PlayerThread};
 
 /// Sample rate of everything written to the sink.
 const RATE: i64 = loa_hardware::SAMPLE_RATE as i64;
 /// Silence is written in pieces of this many samples (20 ms).
 const CHUNK: usize = 960;
+/// One chunk, µs.
+const FRAME_US: i64 = 20_000;
 /// How long the player waits between looks for missing audio.
 const AUDIO_POLL: Duration = Duration::milliseconds(250);
 /// Longest sleep between looks at the command channel before a play.
@@ -60,6 +78,77 @@ enum Step<T> {
     Abort,
     /// The play cannot happen; report it with this outcome and detail.
     Fail(PlayOutcome, String),
+}
+
+/// Programme samples kept after writing, so audio cleared from the sink at
+/// a live interruption can be played again on resumption (0.5 s: more than
+/// any sink queue plus device latency).
+const HISTORY: usize = 24_000;
+
+/// A programme's samples on their way to the sink: decoded frames handed
+/// out in pieces of any size, the last [`HISTORY`] samples kept so that
+/// samples cleared from the sink can be put back ([`unwrite`](Self::unwrite)).
+pub(crate) struct ProgrammeFeed {
+    source: OpusSource,
+    /// Samples to hand out before decoding more (front first).
+    pending: VecDeque<f32>,
+    /// The last samples handed out (oldest first).
+    history: VecDeque<f32>,
+    /// The piece handed out last.
+    out: Vec<f32>,
+}
+
+impl ProgrammeFeed {
+    fn new(source: OpusSource) -> Self {
+        ProgrammeFeed {
+            source,
+            pending: VecDeque::new(),
+            history: VecDeque::with_capacity(HISTORY),
+            out: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    /// Up to `max` (> 0) next samples; `None` at the end of the programme.
+    fn next(&mut self, max: usize) -> Result<Option<&[f32]>, DecodeError> {
+        if self.pending.is_empty() {
+            match self.source.next_chunk()? {
+                Some(chunk) => self.pending.extend(chunk.iter().copied()),
+                None => return Ok(None),
+            }
+        }
+        let n = max.min(self.pending.len());
+        self.out.clear();
+        self.out.extend(self.pending.drain(..n));
+        self.history.extend(self.out.iter().copied());
+        let excess = self.history.len().saturating_sub(HISTORY);
+        self.history.drain(..excess);
+        Ok(Some(&self.out))
+    }
+
+    /// Puts the last `n` samples handed out back in front; returns how many
+    /// (at most the history kept).
+    fn unwrite(&mut self, n: usize) -> usize {
+        let n = n.min(self.history.len());
+        for _ in 0..n {
+            if let Some(sample) = self.history.pop_back() {
+                self.pending.push_front(sample);
+            }
+        }
+        n
+    }
+}
+
+/// How a live interruption of a play ended.
+enum Interrupted {
+    /// The play reached its end (or the plan's) before the broadcast began.
+    NotNeeded,
+    /// The broadcast is over (or held off); the play goes on. The
+    /// interruption, if the broadcast was heard.
+    Resumed(Option<Interruption>),
+    /// The play must stop.
+    Cut(Cut),
+    /// The output failed.
+    Failed(String),
 }
 
 /// Why the programme stopped before its natural end.
@@ -191,6 +280,17 @@ impl PlayerThread {
         if self.stopping {
             return false;
         }
+        if let Some(q) = self.live_priority() {
+            // The broadcast plays until the play's start even if the play
+            // will then hold it off; one of equal or higher priority keeps
+            // the loudspeaker past it.
+            let heard = local_now_us() + self.sink.delay().as_micros() as i64;
+            let start = local_now_us() + (p.start - Utc::now()).num_microseconds().unwrap_or(0);
+            if q >= p.event.priority || start > heard + FRAME_US {
+                tracing::debug!(event = %p.event.id, "a live broadcast takes the loudspeaker before the play begins");
+                return false;
+            }
+        }
         if !changed {
             return true;
         }
@@ -247,7 +347,12 @@ impl PlayerThread {
                 let _ = source.skip(behind as u64);
             }
             started_at = p.start + span(source.position() as i64);
-            tracing::warn!(event = %p.event.id, late_ms = (started_at - p.start).num_milliseconds(), "joining a play in progress");
+            let late_ms = (started_at - p.start).num_milliseconds();
+            if started_at - p.start > LATE_NOTE {
+                tracing::warn!(event = %p.event.id, late_ms, "joining a play in progress");
+            } else {
+                tracing::debug!(event = %p.event.id, late_ms, "started a few samples late; kept on the planned timeline");
+            }
         }
         let joined_note = (started_at - p.start > LATE_NOTE).then(|| {
             format!(
@@ -275,29 +380,58 @@ impl PlayerThread {
         })));
         tracing::info!(event = %p.event.id, programme = %p.event.programme_id, %started_at, planned = %p.start, "play started");
 
-        let limit_of = |p: &PlannedPlay| {
-            samples(
-                p.end - p.start
-                    + if p.preempted {
-                        Duration::zero()
-                    } else {
-                        OVERRUN_GRACE
-                    },
-            )
+        // A plan end (cut by a higher-priority event) is a wall-clock
+        // instant: time spent interrupted by live broadcasts counts against it.
+        let limit_of = |p: &PlannedPlay, interrupted: Duration| {
+            samples(if p.preempted {
+                p.end - p.start - interrupted
+            } else {
+                p.end - p.start + OVERRUN_GRACE
+            })
         };
-        let mut limit = limit_of(&p);
+        let gain = self.gain_for(p.event.priority);
+        let mut interrupted = Duration::zero();
+        let mut limit = limit_of(&p, interrupted);
         // Programme samples written to the sink (counting any skipped at a join).
         let mut written = source.position() as i64;
+        let mut feed = ProgrammeFeed::new(source);
         let mut failure: Option<String> = None;
         let cut = loop {
             match self.check_during_play(&mut p) {
-                Ok(()) => limit = limit_of(&p),
+                Ok(()) => limit = limit_of(&p, interrupted),
                 Err(cut) => break Some(cut),
+            }
+            if let Some(q) = self.live_priority()
+                && q >= p.event.priority
+                && written < limit
+            {
+                match self.interrupt_for_live(&mut p, &mut feed, &mut written, limit, gain) {
+                    Interrupted::NotNeeded => {}
+                    Interrupted::Resumed(interruption) => {
+                        if let Some(i) = interruption {
+                            interrupted += i.to - i.from;
+                            progress.interruptions.push(i);
+                        }
+                        limit = limit_of(&p, interrupted);
+                        let _ = self.events.send(PlayerEvent::NowPlaying(Some(NowPlaying {
+                            programme_id: p.event.programme_id.clone(),
+                            event_id: p.event.id.clone(),
+                            started_at,
+                        })));
+                        continue;
+                    }
+                    Interrupted::Cut(cut) => break Some(cut),
+                    Interrupted::Failed(why) => {
+                        failure = Some(why);
+                        break None;
+                    }
+                }
             }
             if written >= limit {
                 break Some(Cut::PlanEnd);
             }
-            let chunk = match source.next_chunk() {
+            let max = ((limit - written) as usize).min(CHUNK);
+            let chunk = match feed.next(max) {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break None,
                 Err(e) => {
@@ -305,8 +439,8 @@ impl PlayerThread {
                     break None;
                 }
             };
-            let take = chunk.len().min((limit - written) as usize);
-            if let Err(e) = self.sink.write(&chunk[..take]) {
+            let take = chunk.len();
+            if let Err(e) = self.write_gained(chunk, gain) {
                 failure = Some(format!("audio output failed: {e}"));
                 break None;
             }
@@ -321,6 +455,10 @@ impl PlayerThread {
             self.sink.clear();
         }
         let ended_at = Utc::now() + Duration::from_std(self.sink.delay()).unwrap_or_default();
+        self.audio_tail = Some((
+            local_now_us() + self.sink.delay().as_micros() as i64,
+            p.event.priority,
+        ));
         let (outcome, detail) = match (&failure, &cut) {
             (Some(why), _) => (PlayOutcome::Failed, Some(why.clone())),
             (None, None) => (PlayOutcome::Completed, joined_note),
@@ -347,7 +485,7 @@ impl PlayerThread {
             tracing::error!(event = %p.event.id, detail = ?detail, "play failed");
             self.close_output();
         }
-        tracing::info!(event = %p.event.id, outcome = outcome.as_str(), %ended_at, "play ended");
+        tracing::info!(event = %p.event.id, outcome = outcome.as_str(), %ended_at, interruptions = progress.interruptions.len(), "play ended");
         progress.outcome = outcome;
         progress.ended_at = Some(ended_at);
         progress.detail = detail;
@@ -367,22 +505,98 @@ impl PlayerThread {
             return Err(Cut::Shutdown);
         }
         if changed {
-            match self.plan.iter().find(|q| q.event.id == p.event.id) {
-                None => return Err(Cut::Removed),
-                Some(q) => {
-                    // Only the end matters now: the play already started.
-                    let end = if q.preempted {
-                        q.end
-                    } else {
-                        p.start + Duration::milliseconds(q.event.duration_ms as i64)
-                    };
-                    p.end = end;
-                    p.preempted = q.preempted;
-                    self.done.insert(p.event.id.clone());
-                }
-            }
+            self.refresh_play(p)?;
         }
         Ok(())
+    }
+
+    /// Takes the (possibly new) plan's end for the play under way: `Err` if
+    /// its event left the schedule.
+    fn refresh_play(&mut self, p: &mut PlannedPlay) -> Result<(), Cut> {
+        match self.plan.iter().find(|q| q.event.id == p.event.id) {
+            None => Err(Cut::Removed),
+            Some(q) => {
+                // Only the end matters now: the play already started.
+                let end = if q.preempted {
+                    q.end
+                } else {
+                    p.start + Duration::milliseconds(q.event.duration_ms as i64)
+                };
+                p.end = end;
+                p.preempted = q.preempted;
+                self.done.insert(p.event.id.clone());
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands the loudspeaker to the followed live broadcast in the middle of
+    /// play `p` (see the module docs), and takes it back when the broadcast
+    /// is over.
+    fn interrupt_for_live(
+        &mut self,
+        p: &mut PlannedPlay,
+        feed: &mut ProgrammeFeed,
+        written: &mut i64,
+        limit: i64,
+        gain: f32,
+    ) -> Interrupted {
+        let now = local_now_us();
+        let switch_at = self
+            .live_next_target_us()
+            .unwrap_or(now + self.write_ahead_us());
+        // Programme audio queued past the switch is taken back.
+        let queued = self.sink.delay();
+        if now + queued.as_micros() as i64 > switch_at {
+            self.sink.clear();
+            let left = self.sink.delay();
+            let dropped =
+                samples(Duration::from_std(queued.saturating_sub(left)).unwrap_or_default());
+            let back = feed.unwrite(dropped.clamp(0, *written) as usize);
+            *written -= back as i64;
+            tracing::debug!(event = %p.event.id, samples = back, "programme audio queued past the live switch taken back");
+        }
+        // Programme up to the switch.
+        loop {
+            let heard = local_now_us() + self.sink.delay().as_micros() as i64;
+            let gap = ((switch_at - heard) as f64 / SAMPLE_US).round() as i64;
+            if gap <= 0 {
+                break;
+            }
+            if *written >= limit {
+                return Interrupted::NotNeeded;
+            }
+            let max = (gap.min(limit - *written) as usize).min(CHUNK);
+            let chunk = match feed.next(max) {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => return Interrupted::NotNeeded,
+                Err(e) => return Interrupted::Failed(format!("programme audio broke off: {e}")),
+            };
+            let n = chunk.len() as i64;
+            if let Err(e) = self.write_gained(chunk, gain) {
+                return Interrupted::Failed(format!("audio output failed: {e}"));
+            }
+            *written += n;
+        }
+        tracing::info!(event = %p.event.id, position_ms = *written * 1000 / RATE, "play interrupted by a live broadcast");
+        let (exit, on_air) = self.live_on_air(Some(&p.event.id));
+        match exit {
+            LiveExit::Shutdown => return Interrupted::Cut(Cut::Shutdown),
+            LiveExit::Failed(why) => return Interrupted::Failed(why),
+            LiveExit::Ended | LiveExit::Replaced | LiveExit::Held | LiveExit::Idle => {}
+        }
+        if let Err(cut) = self.refresh_play(p) {
+            return Interrupted::Cut(cut);
+        }
+        let interruption = on_air.map(|on| Interruption {
+            broadcast_id: on.broadcast_id,
+            from: utc_of_local(on.from_us),
+            to: utc_of_local(on.to_us),
+        });
+        if let Some(i) = &interruption {
+            tracing::info!(event = %p.event.id, broadcast = %i.broadcast_id, from = %i.from, to = %i.to, "play resumes after a live broadcast");
+        }
+        Interrupted::Resumed(interruption)
     }
 
     /// Reports a play that did not happen (or broke off before its first sample).

@@ -13,9 +13,16 @@
 //!
 //! The thread reports through [`PlayerEvent`]s: the async side persists the
 //! ledger and queues the reports, so no disk write ever delays audio.
+//!
+//! Live broadcasts arrive on the same command channel ([`LiveFeed`]) and are
+//! played by this thread too (see [`live`](crate::live)): before each play
+//! and between the chunks of a play the thread checks whether the followed
+//! broadcast must take the loudspeaker, by the priority rule in
+//! [`live::session`](crate::live).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration as StdDuration;
@@ -29,6 +36,10 @@ use loa_schedules::PlannedPlay;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::cache::{Cache, CacheError};
+use crate::clock::Clock;
+use crate::live::session::Deferral;
+pub use crate::live::{LiveEnd, LiveFeed, LiveSummary};
+use crate::live::{LiveInput, LiveState};
 use crate::reports::report_id_for;
 
 /// The sink stays open between plays this much longer than `prepare`.
@@ -37,6 +48,8 @@ pub const KEEP_OPEN_EXTRA: Duration = Duration::seconds(3);
 pub const MIN_JOIN_REMAINING: Duration = Duration::seconds(1);
 /// Longest sleep while idle; the plan is re-checked at least this often.
 const IDLE_WAIT: StdDuration = StdDuration::from_secs(60);
+/// Readings of the sink's latency, 5 ms apart, when the output opens.
+const FLOOR_READINGS: usize = 5;
 
 /// How the player is set up.
 #[derive(Clone)]
@@ -51,6 +64,12 @@ pub struct PlayerConfig {
     pub prepare: StdDuration,
     /// Where the programmes' audio is.
     pub cache: Cache,
+    /// Output gain for normal and priority audio, scheduled or live (`--volume`).
+    pub volume: f32,
+    /// Output gain for emergency audio (`--emergency-volume`).
+    pub emergency_volume: f32,
+    /// The controller's clock, for live playout.
+    pub clock: Clock,
 }
 
 /// What the player tells the async side.
@@ -69,6 +88,8 @@ pub enum PlayerEvent {
     },
     /// What is playing now, for the status message.
     NowPlaying(Option<NowPlaying>),
+    /// A live broadcast is over (or no longer followed).
+    LiveEnded(LiveSummary),
 }
 
 /// Why the player could not start.
@@ -88,6 +109,8 @@ pub(crate) enum Command {
     Schedule(Arc<ReceiverSchedule>),
     /// Stop at once (cutting any play) and close the output.
     Shutdown,
+    /// A live frame from the link.
+    Live(Box<LiveInput>),
 }
 
 /// Handle to the player thread; dropping it stops the thread and waits for it.
@@ -96,6 +119,8 @@ pub struct Player {
     commands: Sender<Command>,
     /// The thread, joined on shutdown.
     thread: Option<JoinHandle<()>>,
+    /// Live frames waiting in the command channel.
+    live_queued: Arc<AtomicUsize>,
 }
 
 impl Player {
@@ -107,6 +132,8 @@ impl Player {
         events: UnboundedSender<PlayerEvent>,
     ) -> Result<Player, PlayerError> {
         let (commands, command_rx) = mpsc::channel();
+        let live_queued = Arc::new(AtomicUsize::new(0));
+        let queued = live_queued.clone();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), PlayerError>>(1);
         let thread = std::thread::Builder::new()
             .name("loa-player".into())
@@ -117,7 +144,8 @@ impl Player {
                 match opened {
                     Ok((sink, amp)) => {
                         let _ = ready_tx.send(Ok(()));
-                        PlayerThread::new(config, sink, amp, done, command_rx, events).run();
+                        PlayerThread::new(config, sink, amp, done, command_rx, events, queued)
+                            .run();
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -128,6 +156,7 @@ impl Player {
             Ok(Ok(())) => Ok(Player {
                 commands,
                 thread: Some(thread),
+                live_queued,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -145,6 +174,11 @@ impl Player {
     /// Hands the player a newly accepted schedule.
     pub fn set_schedule(&self, schedule: Arc<ReceiverSchedule>) {
         let _ = self.commands.send(Command::Schedule(schedule));
+    }
+
+    /// Where the link hands live frames to the player thread.
+    pub fn live_feed(&self) -> LiveFeed {
+        LiveFeed::new(self.commands.clone(), self.live_queued.clone())
     }
 
     /// A clonable handle for sending schedules to the player.
@@ -214,6 +248,18 @@ pub(crate) struct PlayerThread {
     pub(crate) events: UnboundedSender<PlayerEvent>,
     /// Set by a shutdown command (or a closed command channel).
     pub(crate) stopping: bool,
+    /// The live broadcast followed, if any.
+    pub(crate) live: LiveState,
+    /// Plays delayed by live broadcasts, by event id.
+    pub(crate) deferred: HashMap<String, Deferral>,
+    /// The sink's own latency (its delay with nothing queued), measured
+    /// when the output opens.
+    pub(crate) sink_floor: StdDuration,
+    /// Scratch buffer for applying the output gain.
+    pub(crate) scratch: Vec<f32>,
+    /// When the last programme or broadcast audio written will have been
+    /// heard (local clock, µs), and its priority.
+    pub(crate) audio_tail: Option<(i64, loa_protocol::Priority)>,
 }
 
 impl PlayerThread {
@@ -224,6 +270,7 @@ impl PlayerThread {
         done: HashSet<String>,
         commands: Receiver<Command>,
         events: UnboundedSender<PlayerEvent>,
+        live_queued: Arc<AtomicUsize>,
     ) -> Self {
         PlayerThread {
             config,
@@ -237,6 +284,11 @@ impl PlayerThread {
             commands,
             events,
             stopping: false,
+            live: LiveState::new(live_queued),
+            deferred: HashMap::new(),
+            sink_floor: StdDuration::ZERO,
+            scratch: Vec::new(),
+            audio_tail: None,
         }
     }
 
@@ -246,6 +298,16 @@ impl PlayerThread {
         while !self.stopping {
             let now = Utc::now();
             self.report_missed(now);
+            if let Some(q) = self.live_priority() {
+                // The broadcast takes the loudspeaker, unless a play of
+                // higher priority is due now.
+                let heard = crate::clock::local_now_us() + self.sink.delay().as_micros() as i64;
+                match self.live_holder(q) {
+                    Some((at, p)) if at <= heard + 1_000 => self.play(p),
+                    _ => self.live_from_idle(),
+                }
+                continue;
+            }
             let next = self.next_play(now);
             let prepare = Duration::from_std(self.config.prepare).unwrap_or(Duration::zero());
             let lead = if self.output_open {
@@ -267,6 +329,9 @@ impl PlayerThread {
                     self.wait_command(wait);
                 }
             }
+        }
+        if let Some(summary) = self.live.finish(LiveEnd::Shutdown) {
+            self.emit_live_ended(summary);
         }
         if self.output_open {
             self.close_output();
@@ -327,20 +392,54 @@ impl PlayerThread {
     pub(crate) fn apply(&mut self, command: Command) {
         match command {
             Command::Schedule(schedule) => {
-                let mut plan = loa_schedules::plan(&schedule.events);
-                plan.sort_by_key(|p| p.start);
                 let ids: HashSet<&str> = schedule.events.iter().map(|e| e.id.as_str()).collect();
                 self.done.retain(|id| ids.contains(id.as_str()));
+                self.deferred.retain(|id, _| ids.contains(id.as_str()));
+                self.schedule = Some(schedule);
+                self.replan();
                 tracing::info!(
-                    version = schedule.version,
-                    plays = plan.len(),
+                    version = self.schedule.as_ref().map(|s| s.version),
+                    plays = self.plan.len(),
                     "new play plan"
                 );
-                self.plan = plan;
-                self.schedule = Some(schedule);
             }
             Command::Shutdown => self.stopping = true,
+            Command::Live(input) => self.on_live_frame(*input),
         }
+    }
+
+    /// Makes the plan from the schedule's events, with the plays delayed by
+    /// live broadcasts moved to their new start (a play cut by a
+    /// higher-priority event keeps its planned end).
+    pub(crate) fn replan(&mut self) {
+        let Some(schedule) = &self.schedule else {
+            self.plan.clear();
+            return;
+        };
+        let mut plan = loa_schedules::plan(&schedule.events);
+        for p in &mut plan {
+            if let Some(d) = self.deferred.get(&p.event.id) {
+                p.start += d.shift;
+                if !p.preempted {
+                    p.end += d.shift;
+                }
+            }
+        }
+        plan.sort_by_key(|p| p.start);
+        self.plan = plan;
+    }
+
+    /// Writes samples scaled by `gain`.
+    pub(crate) fn write_gained(&mut self, samples: &[f32], gain: f32) -> Result<(), SinkError> {
+        if gain == 1.0 {
+            return self.sink.write(samples);
+        }
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        buf.extend(samples.iter().map(|s| s * gain));
+        let result = self.sink.write(&buf);
+        self.scratch = buf;
+        result
     }
 
     /// The programme an event refers to.
@@ -388,9 +487,26 @@ impl PlayerThread {
             let _ = self.amp.set_power(false);
             return Err(e);
         }
+        self.sink_floor = self.measure_floor();
         self.output_open = true;
         tracing::debug!("audio output opened");
         Ok(())
+    }
+
+    /// The sink's own latency with nothing queued: the least of a few
+    /// readings over one device period (a sound card's reading depends on
+    /// where in its period it is read).
+    fn measure_floor(&self) -> StdDuration {
+        let mut floor = self.sink.delay();
+        for _ in 0..FLOOR_READINGS {
+            if floor.is_zero() {
+                break;
+            }
+            std::thread::sleep(StdDuration::from_millis(5));
+            floor = floor.min(self.sink.delay());
+        }
+        tracing::debug!(?floor, "audio output latency");
+        floor
     }
 
     /// Lets queued audio play out, stops the sink, switches the amplifier off.
@@ -425,13 +541,18 @@ impl PlayerThread {
             ended_at,
             outcome,
             detail,
-            interruptions: Vec::new(),
+            interruptions: self
+                .deferred
+                .get(&p.event.id)
+                .map(|d| d.interruptions.clone())
+                .unwrap_or_default(),
         }
     }
 
     /// Records an event as dealt with and hands its report to the async side.
     pub(crate) fn finish(&mut self, report: PlayReport, p: &PlannedPlay) {
         self.done.insert(p.event.id.clone());
+        self.deferred.remove(&p.event.id);
         let _ = self.events.send(PlayerEvent::Finished {
             report,
             natural_end: p.event.natural_end(),

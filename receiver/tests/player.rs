@@ -47,6 +47,9 @@ impl Rig {
             amplifier: "none".into(),
             prepare: StdDuration::from_millis(1500),
             cache: self.cache.clone(),
+            volume: 1.0,
+            emergency_volume: 1.0,
+            clock: loa_receiver::clock::Clock::new(),
         };
         (Player::spawn(config, done, tx).unwrap(), rx)
     }

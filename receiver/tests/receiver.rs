@@ -117,6 +117,8 @@ fn start_receiver(cache: &Path, wav: &Path, controller: &str, broker_port: u16) 
         heartbeat: StdDuration::from_secs(1),
         prepare: StdDuration::from_millis(1500),
         cache_grace: StdDuration::from_secs(3600),
+        volume: 1.0,
+        emergency_volume: 1.0,
     };
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(loa_receiver::run(config, async move {
