@@ -115,23 +115,32 @@ pub struct AuthUser {
     pub user_id: String,
     /// The login name, for logs.
     pub username: String,
-    /// The user's role; only `admin` exists for now.
+    /// The user's role: `admin`, `technician`, `editor`, `approver` or
+    /// `viewer` (see [`crate::api::Role`]).
     pub role: String,
+    /// The unit the user belongs to (`root` for the first admin); the user
+    /// sees and targets only what is under it.
+    pub unit_id: String,
 }
 
-async fn session_user(db: &SqlitePool, token: &str) -> Result<Option<AuthUser>, sqlx::Error> {
-    let row: Option<(String, String, String)> = sqlx::query_as(
-        "SELECT u.id, u.username, u.role FROM sessions s JOIN users u ON u.id = s.user_id \
-         WHERE s.token_hash = $1 AND s.expires_at > $2",
+pub(crate) async fn session_user(
+    db: &SqlitePool,
+    token: &str,
+) -> Result<Option<AuthUser>, sqlx::Error> {
+    let row: Option<(String, String, String, String)> = sqlx::query_as(
+        "SELECT u.id, u.username, u.role, COALESCE(u.unit_id, 'root') \
+         FROM sessions s JOIN users u ON u.id = s.user_id \
+         WHERE s.token_hash = $1 AND s.expires_at > $2 AND NOT u.disabled",
     )
     .bind(token_hash(token))
     .bind(now_ms())
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|(user_id, username, role)| AuthUser {
+    Ok(row.map(|(user_id, username, role, unit_id)| AuthUser {
         user_id,
         username,
         role,
+        unit_id,
     }))
 }
 

@@ -18,10 +18,23 @@
 //!   the topic. Anything else is logged at `warn` and dropped.
 //! - When the last [`Bus`] clone is dropped the task disconnects cleanly
 //!   (flushing what is queued) and ends; [`BusEvents::recv`] then returns `None`.
+//!
+//! Live broadcasts use a second connection, [`Bus::connect_live`], so that
+//! nothing on the main link (a slow database write holding up the event
+//! stream, a large retained schedule) delays their frames:
+//! - a clean session with `TCP_NODELAY`, publishing each 20 ms frame with
+//!   QoS 0 through [`Bus::publish_frame`], which never waits: a frame that
+//!   cannot be queued at once (link down, queue full) is dropped, as a late
+//!   frame would be useless;
+//! - it subscribes to every receiver's clock requests and answers each one
+//!   from inside the event loop, stamping `t2` as soon as the loop hands
+//!   the request over and `t3` just before queueing the reply
+//!   (see [`crate::live::clock`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use loa_protocol::live::clock_request_filter;
 use loa_protocol::topics::{ReceiverTopic, parse_receiver_topic};
 use loa_protocol::{MAX_PAYLOAD_BYTES, PlayReport, ReceiverSchedule, ReceiverStatus, ReportAck};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, SubscribeReasonCode};
@@ -51,7 +64,24 @@ pub enum BusError {
     /// The connection task has ended (the bus is shutting down).
     #[error("the MQTT connection task has stopped")]
     Closed,
+    /// A live frame could not be queued at once: the link is down or its
+    /// send queue is full. The frame is dropped.
+    #[error("the MQTT link is down or its send queue is full; live frame dropped")]
+    NotSent,
 }
+
+/// What a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Schedules, statuses, reports and acks (persistent session).
+    Main,
+    /// Live frames and clock replies (clean session, no event stream).
+    Live,
+}
+
+/// Requests rumqttc may queue on the live link (frames of every target
+/// group of every broadcast on air, plus clock replies).
+const LIVE_QUEUE: usize = 4096;
 
 /// A message from the broker, already validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,32 +148,60 @@ impl Bus {
     ///
     /// Must be called within a tokio runtime.
     pub async fn connect(broker_url: &str, client_id: &str) -> Result<(Bus, BusEvents), BusError> {
+        let (events_tx, rx) = mpsc::channel(1024);
+        let bus = Self::start(broker_url, client_id, Role::Main, Some(events_tx))?;
+        Ok((bus, BusEvents { rx }))
+    }
+
+    /// Starts the live link (see the module docs): a clean session with
+    /// `TCP_NODELAY` that answers receivers' clock requests itself and
+    /// carries live frames ([`Bus::publish_frame`]). Returns at once, like
+    /// [`Bus::connect`]. `client_id` must differ from the main link's.
+    pub async fn connect_live(broker_url: &str, client_id: &str) -> Result<Bus, BusError> {
+        Self::start(broker_url, client_id, Role::Live, None)
+    }
+
+    fn start(
+        broker_url: &str,
+        client_id: &str,
+        role: Role,
+        events: Option<mpsc::Sender<BusEvent>>,
+    ) -> Result<Bus, BusError> {
         let (host, port) = parse_broker_url(broker_url)?;
         let mut options = MqttOptions::new(client_id, host, port);
         options
             .set_keep_alive(Duration::from_secs(30))
-            .set_clean_session(false)
+            .set_clean_session(role == Role::Live)
             .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
             .set_inflight(100);
-        let (client, eventloop) = AsyncClient::new(options, 256);
-        let (events_tx, rx) = mpsc::channel(1024);
+        let capacity = match role {
+            Role::Main => 256,
+            Role::Live => LIVE_QUEUE,
+        };
+        let (client, mut eventloop) = AsyncClient::new(options, capacity);
+        if role == Role::Live {
+            // Frames are small and due now: never let Nagle hold one back.
+            let mut network = eventloop.network_options();
+            network.set_tcp_nodelay(true);
+            eventloop.set_network_options(network);
+        }
         let (state_tx, state) = watch::channel(LinkState::default());
         let stop = CancellationToken::new();
         let link = Link {
             eventloop,
             client: client.clone(),
-            events: events_tx,
+            role,
+            events,
             state: state_tx,
             stop: stop.clone(),
             broker: broker_url.to_string(),
         };
         tokio::spawn(link.run());
-        let bus = Bus {
+        Ok(Bus {
             client,
             state,
             _alive: Arc::new(stop.drop_guard()),
-        };
-        Ok((bus, BusEvents { rx }))
+        })
     }
 
     /// Whether the bus is connected and its subscriptions are acknowledged.
@@ -176,6 +234,19 @@ impl Bus {
             .publish(topic, qos, retain, payload)
             .await
             .map_err(|_| BusError::Closed)
+    }
+
+    /// Publishes one live frame (QoS 0, not retained) without waiting. While
+    /// the link is down, or when its queue is full, the frame is dropped and
+    /// [`BusError::NotSent`] returned: queueing it would only deliver it
+    /// after its playout instant.
+    pub fn publish_frame(&self, topic: &str, payload: &[u8]) -> Result<(), BusError> {
+        if !self.state.borrow().connected {
+            return Err(BusError::NotSent);
+        }
+        self.client
+            .try_publish(topic, QoS::AtMostOnce, false, payload.to_vec())
+            .map_err(|_| BusError::NotSent)
     }
 
     /// Publishes a receiver's schedule retained with QoS 1, so the receiver
@@ -250,10 +321,12 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), BusError> {
 struct Link {
     /// rumqttc's connection state machine; only this task polls it.
     eventloop: rumqttc::EventLoop,
-    /// Used to renew subscriptions and to disconnect at the end.
+    /// Used to renew subscriptions, answer clock requests and disconnect.
     client: AsyncClient,
-    /// Where validated messages go.
-    events: mpsc::Sender<BusEvent>,
+    /// What this connection carries.
+    role: Role,
+    /// Where validated messages go (main link only).
+    events: Option<mpsc::Sender<BusEvent>>,
     /// Published connection state.
     state: watch::Sender<LinkState>,
     /// Cancelled when the last [`Bus`] is dropped.
@@ -271,6 +344,8 @@ impl Link {
                 polled = self.eventloop.poll() => polled,
                 () = self.stop.cancelled() => break,
             };
+            // Clock requests want their arrival instant (t2) as early as possible.
+            let received_us = crate::live::clock::now_us();
             match polled {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     tracing::info!(broker = %self.broker, session_present = ack.session_present,
@@ -282,10 +357,12 @@ impl Link {
                         subscribed: false,
                     });
                     self.subscribe();
-                    let event = BusEvent::Connected {
-                        session_present: ack.session_present,
-                    };
-                    forward(&self.events, &self.stop, event).await;
+                    if let Some(events) = &self.events {
+                        let event = BusEvent::Connected {
+                            session_present: ack.session_present,
+                        };
+                        forward(events, &self.stop, event).await;
+                    }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     if ack
@@ -299,11 +376,16 @@ impl Link {
                             "MQTT broker refused a subscription");
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if let Some(event) = validate(&publish) {
-                        forward(&self.events, &self.stop, event).await;
+                Ok(Event::Incoming(Packet::Publish(publish))) => match self.role {
+                    Role::Main => {
+                        if let (Some(event), Some(events)) = (validate(&publish), &self.events) {
+                            forward(events, &self.stop, event).await;
+                        }
                     }
-                }
+                    Role::Live => {
+                        crate::live::clock::answer(&self.client, &publish, received_us);
+                    }
+                },
                 Ok(_) => {}
                 Err(error) => {
                     failures += 1;
@@ -325,14 +407,21 @@ impl Link {
     /// channel here could deadlock with the poll loop that drains it.
     fn subscribe(&self) {
         let client = self.client.clone();
+        let role = self.role;
         tokio::spawn(async move {
-            let filters = [
-                ReceiverTopic::Status.for_all(),
-                ReceiverTopic::Plays.for_all(),
-            ];
-            let filters = filters
+            let filters: Vec<rumqttc::SubscribeFilter> = match role {
+                Role::Main => [
+                    ReceiverTopic::Status.for_all(),
+                    ReceiverTopic::Plays.for_all(),
+                ]
                 .into_iter()
-                .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+                .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce))
+                .collect(),
+                Role::Live => vec![rumqttc::SubscribeFilter::new(
+                    clock_request_filter(),
+                    QoS::AtMostOnce,
+                )],
+            };
             if client.subscribe_many(filters).await.is_err() {
                 tracing::debug!("bus closed before subscribing");
             }

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::live::{DEFAULT_PLAYOUT_DELAY_MS, LiveConfig};
+
 /// Default upload limit: 512 MiB, room for an hour of uncompressed WAV.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 512 * 1024 * 1024;
 
@@ -34,6 +36,13 @@ pub struct ServeArgs {
     /// How many days of play events each receiver is sent ahead (at least 1).
     #[arg(long, value_name = "DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=366))]
     pub horizon_days: u32,
+    /// Receivers play each live frame this many milliseconds after its capture.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_PLAYOUT_DELAY_MS, value_parser = clap::value_parser!(u16).range(20..=5000))]
+    pub live_delay_ms: u16,
+    /// Capture device of `microphone` broadcasts: `cpal` (the default input) or
+    /// `cpal:DEVICE` (a cpal device id such as alsa:hw:CARD=USB,DEV=0, or a name).
+    #[arg(long, value_name = "cpal[:DEVICE]")]
+    pub live_input: Option<String>,
 }
 
 /// Where the MQTT broker comes from.
@@ -62,6 +71,8 @@ pub struct Config {
     /// one and prints it once. Read from `LOA_ADMIN_PASSWORD`, never a flag
     /// (flags show in `ps`).
     pub admin_password: Option<String>,
+    /// Live broadcast settings.
+    pub live: LiveConfig,
 }
 
 /// A configuration that cannot work.
@@ -71,6 +82,8 @@ pub enum ConfigError {
     BrokerUrl(String),
     #[error("--max-upload-bytes must be at least 1")]
     UploadLimit,
+    #[error("--live-input must be `cpal` or `cpal:DEVICE`, got {0:?}")]
+    LiveInput(String),
 }
 
 impl ServeArgs {
@@ -100,6 +113,13 @@ impl ServeArgs {
         if self.max_upload_bytes == 0 {
             return Err(ConfigError::UploadLimit);
         }
+        let input_device = match self.live_input.as_deref().map(str::trim) {
+            None | Some("cpal") | Some("cpal:") | Some("cpal:default") => None,
+            Some(spec) => match spec.strip_prefix("cpal:") {
+                Some(device) if !device.trim().is_empty() => Some(device.trim().to_string()),
+                _ => return Err(ConfigError::LiveInput(spec.to_string())),
+            },
+        };
         let admin_password = std::env::var(ADMIN_PASSWORD_ENV)
             .ok()
             .filter(|p| !p.is_empty());
@@ -110,6 +130,10 @@ impl ServeArgs {
             max_upload_bytes: self.max_upload_bytes,
             horizon: chrono::Duration::days(i64::from(self.horizon_days)),
             admin_password,
+            live: LiveConfig {
+                playout_delay_ms: self.live_delay_ms,
+                input_device,
+            },
         })
     }
 }
@@ -126,6 +150,8 @@ mod tests {
             broker: broker.map(str::to_string),
             max_upload_bytes: 10,
             horizon_days: 7,
+            live_delay_ms: 120,
+            live_input: None,
         }
     }
 
@@ -137,6 +163,28 @@ mod tests {
             MqttMode::Embedded("127.0.0.1:1883".parse().unwrap())
         );
         assert_eq!(c.horizon, chrono::Duration::days(7));
+        assert_eq!(c.live, LiveConfig::default());
+    }
+
+    #[test]
+    fn live_input_is_a_cpal_device() {
+        let with = |input: &str| {
+            let mut a = args(None, None);
+            a.live_input = Some(input.to_string());
+            a.into_config()
+        };
+        assert_eq!(with("cpal").unwrap().live.input_device, None);
+        assert_eq!(with("cpal:default").unwrap().live.input_device, None);
+        assert_eq!(
+            with("cpal:alsa:hw:CARD=USB,DEV=0")
+                .unwrap()
+                .live
+                .input_device,
+            Some("alsa:hw:CARD=USB,DEV=0".to_string())
+        );
+        for bad in ["pulse:x", "hw:0", ""] {
+            assert!(with(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

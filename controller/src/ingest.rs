@@ -6,7 +6,8 @@
 //!   online, or reports a schedule version older than the one published a
 //!   while ago, the [`Distributor`] republishes its schedule.
 //! - A play report is inserted into `plays` once per `report_id` (a re-sent
-//!   report changes nothing) and, only after the insert is committed, its id
+//!   report changes nothing), with the live broadcasts that interrupted it
+//!   (`interruptions`, JSON), and, only after the insert is committed, its id
 //!   is acknowledged on the receiver's acks topic. Reports are batched: one
 //!   transaction and one ack per receiver for what arrived together.
 //! - A receiver whose heartbeats stop (three periods, at least
@@ -274,8 +275,9 @@ impl Ingest {
             for report in reports {
                 let inserted = sqlx::query(
                     "INSERT INTO plays (report_id, receiver_id, event_id, programme_id, schedule_id,
-                         scheduled_at, started_at, ended_at, outcome, detail, received_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                         scheduled_at, started_at, ended_at, outcome, detail, received_at,
+                         interruptions)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                      ON CONFLICT (report_id) DO NOTHING",
                 )
                 .bind(&report.report_id)
@@ -289,6 +291,7 @@ impl Ingest {
                 .bind(report.outcome.as_str())
                 .bind(report.detail.as_deref())
                 .bind(now.timestamp_millis())
+                .bind(interruptions_json(report))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -346,4 +349,11 @@ impl Ingest {
         }
         Ok(())
     }
+}
+
+/// The report's interruptions as stored (`plays.interruptions`): a JSON
+/// array, or NULL when there were none.
+fn interruptions_json(report: &PlayReport) -> Option<String> {
+    (!report.interruptions.is_empty())
+        .then(|| serde_json::to_string(&report.interruptions).expect("interruptions serialise"))
 }

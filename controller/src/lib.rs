@@ -1,6 +1,7 @@
 //! Loa's controller: takes uploaded audio, transcodes it to Ogg Opus, keeps
 //! schedules, computes each receiver's play events and pushes them over
-//! MQTT, and stores proof of play. `server::run` wires the parts together.
+//! MQTT, stores proof of play, and runs live broadcasts (`live`).
+//! `server::run` wires the parts together.
 
 pub mod api;
 pub mod auth;
@@ -10,7 +11,9 @@ pub mod config;
 pub mod db;
 pub mod distribution;
 pub mod ingest;
+pub mod live;
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod transcode;
+pub mod web;

@@ -1,8 +1,9 @@
 //! Wires the controller together and runs it until shutdown:
 //! database and first user → audio store → MQTT broker (embedded or
-//! external) → bus → distributor and ingest tasks → HTTP API. On shutdown
-//! the HTTP server drains in-flight requests, then the background tasks are
-//! cancelled and awaited.
+//! external) → bus and live link → distributor, ingest and live hub (with
+//! its relay schedule timer) → HTTP API. On shutdown the HTTP server drains
+//! in-flight requests, broadcasts on air end (sending their `End` frames),
+//! then the background tasks are cancelled and awaited.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -20,12 +21,16 @@ use crate::config::{Config, MqttMode};
 use crate::db::{self, AdminBootstrap};
 use crate::distribution::Distributor;
 use crate::ingest;
+use crate::live::LiveHub;
 use crate::state::AppState;
 use crate::store::AudioStore;
 
 /// MQTT client id of the controller (stable, so the broker keeps its
 /// session and queued QoS 1 reports across controller restarts).
 pub const MQTT_CLIENT_ID: &str = "loa-controller";
+
+/// MQTT client id of the controller's live link (clean session).
+pub const MQTT_LIVE_CLIENT_ID: &str = "loa-controller-live";
 
 /// How long background tasks get to finish after the HTTP server stopped.
 const TASK_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,6 +79,10 @@ pub async fn run(
         .await
         .with_context(|| format!("connecting to the MQTT broker {broker_url}"))?;
 
+    let live_bus = Bus::connect_live(&broker_url, MQTT_LIVE_CLIENT_ID)
+        .await
+        .with_context(|| format!("connecting the live link to the MQTT broker {broker_url}"))?;
+
     let tasks = CancellationToken::new();
     let distributor =
         Distributor::spawn(db.clone(), bus.clone(), config.horizon, tasks.child_token());
@@ -85,7 +94,17 @@ pub async fn run(
         tasks.child_token(),
     );
 
-    let state = AppState::new(db.clone(), store, distributor, config.max_upload_bytes);
+    let live = LiveHub::start(
+        db.clone(),
+        store.clone(),
+        live_bus,
+        config.live.clone(),
+        tasks.child_token(),
+    )
+    .await
+    .context("starting live broadcasts")?;
+    let state = AppState::new(db.clone(), store, distributor, config.max_upload_bytes)
+        .with_live(live.clone());
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("binding the HTTP address {}", config.http))?;
@@ -94,14 +113,19 @@ pub async fn run(
     println!("loa-controller listening on http://{addr}");
 
     let stop = tasks.clone();
+    let live_stop = live.clone();
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             tokio::select! {
                 () = shutdown => tracing::info!("shutting down"),
                 () = stop.cancelled() => {}
             }
+            // End broadcasts first, so browser WebSockets close and the
+            // HTTP server can drain.
+            live_stop.shutdown().await;
         })
         .await;
+    live.shutdown().await;
     tasks.cancel();
     if tokio::time::timeout(TASK_SHUTDOWN_TIMEOUT, ingest)
         .await

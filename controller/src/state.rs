@@ -7,6 +7,7 @@ use sqlx::SqlitePool;
 
 use crate::auth::LoginThrottle;
 use crate::distribution::Distributor;
+use crate::live::LiveHub;
 use crate::store::AudioStore;
 
 /// Shared handles for the API.
@@ -26,10 +27,14 @@ pub struct AppState {
     /// Bounds concurrent transcodes to the number of CPUs, so a burst of
     /// uploads queues instead of starving the rest of the controller.
     pub transcode_slots: Arc<tokio::sync::Semaphore>,
+    /// Live broadcasts; disabled (refusing to start any) unless set with
+    /// [`AppState::with_live`].
+    pub live: LiveHub,
 }
 
 impl AppState {
-    /// Bundles the handles; the throttle starts empty.
+    /// Bundles the handles; the throttle starts empty and live broadcasting
+    /// is disabled.
     pub fn new(
         db: SqlitePool,
         store: AudioStore,
@@ -45,6 +50,13 @@ impl AppState {
             transcode_slots: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
+            live: LiveHub::disabled(),
         }
+    }
+
+    /// The same state with live broadcasting through `live`.
+    pub fn with_live(mut self, live: LiveHub) -> Self {
+        self.live = live;
+        self
     }
 }

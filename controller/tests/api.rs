@@ -658,6 +658,7 @@ async fn server_runs_with_the_embedded_broker_and_shuts_down() {
         max_upload_bytes: 1024 * 1024,
         horizon: Duration::days(7),
         admin_password: Some(PASSWORD.into()),
+        live: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(loa_controller::server::run(config, async {

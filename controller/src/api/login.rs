@@ -45,7 +45,7 @@ async fn login(
         return Err(ApiError::too_many_requests(secs));
     }
     let user: Option<(String, String)> = if req.username.len() <= MAX_CREDENTIAL_BYTES {
-        sqlx::query_as("SELECT id, password_hash FROM users WHERE username = $1")
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE username = $1 AND NOT disabled")
             .bind(&req.username)
             .fetch_optional(&state.db)
             .await?

@@ -2,22 +2,32 @@
 //! own `router()`, merged here. Every response is JSON (CSV and audio
 //! excepted) and every failure is an [`ApiError`].
 
+pub mod access;
+mod approvals;
 mod audio;
+pub mod audit;
+mod broadcasts;
 mod error;
 mod extract;
 mod health;
+mod live_ws;
 mod login;
+mod planning;
 mod plays;
 mod programmes;
 mod receivers;
+mod reports;
 mod schedules;
+mod units;
 mod upload;
+mod users;
 mod zones;
 
 use axum::Router;
 use axum::http::StatusCode;
 use tower_http::trace::TraceLayer;
 
+pub use access::Role;
 pub use error::ApiError;
 pub use extract::{ApiJson, ApiPath, ApiQuery};
 
@@ -32,9 +42,22 @@ pub fn router(state: AppState) -> Router {
         .merge(receivers::router())
         .merge(programmes::router(state.max_upload_bytes))
         .merge(schedules::router())
-        .merge(plays::router());
+        .merge(plays::router())
+        .merge(broadcasts::router())
+        .merge(live_ws::router())
+        .merge(planning::router())
+        .merge(units::router())
+        .merge(users::router())
+        .merge(approvals::router())
+        .merge(reports::router())
+        .merge(audit::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ));
     Router::new()
         .nest("/api/v1", api)
+        .merge(crate::web::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer::new_for_http())

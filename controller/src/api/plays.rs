@@ -3,6 +3,10 @@
 //! [`crate::ingest`]), filtered by receiver, programme, schedule and by
 //! scheduled instant in `[from, to)` (RFC 3339). `&format=csv` gives the
 //! same rows as CSV with a header row, for spreadsheets and reports.
+//!
+//! Each row lists the live broadcasts that interrupted the play
+//! (`"interruptions": [{"broadcast_id", "from", "to"}]`, the programme
+//! resumed after each); the CSV has their count in its last column.
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -10,8 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
+use loa_protocol::Interruption;
 use serde::{Deserialize, Serialize};
 
+use super::access::Scope;
 use super::{ApiError, ApiQuery};
 use crate::auth::AuthUser;
 use crate::db::from_ms;
@@ -59,6 +65,7 @@ struct PlayRow {
     detail: Option<String>,
     report_id: String,
     received_at: i64,
+    interruptions: Option<String>,
 }
 
 /// One proof-of-play row as the API shows it. Field order is also the CSV
@@ -87,10 +94,13 @@ struct Play {
     report_id: String,
     /// When the controller stored the report.
     received_at: DateTime<Utc>,
+    /// Live broadcasts that interrupted the play (it resumed after each).
+    interruptions: Vec<Interruption>,
 }
 
-/// CSV column names, the same as [`Play`]'s fields.
-const CSV_HEADER: [&str; 11] = [
+/// CSV column names, the same as [`Play`]'s fields (`interruptions` is
+/// their count).
+const CSV_HEADER: [&str; 12] = [
     "receiver_id",
     "programme_id",
     "schedule_id",
@@ -102,10 +112,18 @@ const CSV_HEADER: [&str; 11] = [
     "detail",
     "report_id",
     "received_at",
+    "interruptions",
 ];
 
 impl From<PlayRow> for Play {
     fn from(r: PlayRow) -> Self {
+        let interruptions = match r.interruptions.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(json) => serde_json::from_str(json).unwrap_or_else(|e| {
+                tracing::warn!(report = %r.report_id, error = %e, "unreadable stored interruptions");
+                Vec::new()
+            }),
+        };
         Play {
             receiver_id: r.receiver_id,
             programme_id: r.programme_id,
@@ -118,6 +136,7 @@ impl From<PlayRow> for Play {
             detail: r.detail,
             report_id: r.report_id,
             received_at: from_ms(r.received_at),
+            interruptions,
         }
     }
 }
@@ -150,7 +169,7 @@ fn parse_instant(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
 
 async fn list(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     ApiQuery(q): ApiQuery<PlaysQuery>,
 ) -> Result<Response, ApiError> {
     let csv = match q.format.as_deref().map(str::trim) {
@@ -178,7 +197,7 @@ async fn list(
     let empty_to_none = |s: Option<String>| s.filter(|v| !v.trim().is_empty());
     let rows: Vec<PlayRow> = sqlx::query_as(
         "SELECT receiver_id, programme_id, schedule_id, scheduled_at, started_at, ended_at, outcome, \
-                event_id, detail, report_id, received_at \
+                event_id, detail, report_id, received_at, interruptions \
          FROM plays \
          WHERE ($1 IS NULL OR receiver_id = $1) \
            AND ($2 IS NULL OR programme_id = $2) \
@@ -194,7 +213,22 @@ async fn list(
     .bind(to.map(|t| t.timestamp_millis()))
     .fetch_all(&state.db)
     .await?;
-    let plays: Vec<Play> = rows.into_iter().map(Play::from).collect();
+    // Users below the root see the plays of the receivers under their unit.
+    let scope = Scope::of(&state.db, &user).await?;
+    let visible = if scope.is_root() {
+        None
+    } else {
+        Some(scope.receivers(&state.db).await?)
+    };
+    let plays: Vec<Play> = rows
+        .into_iter()
+        .filter(|r| {
+            visible
+                .as_ref()
+                .is_none_or(|v| v.contains_key(&r.receiver_id))
+        })
+        .map(Play::from)
+        .collect();
     if csv {
         to_csv(&plays)
     } else {
@@ -223,6 +257,7 @@ fn to_csv(rows: &[Play]) -> Result<Response, ApiError> {
                 r.detail.as_deref().unwrap_or(""),
                 &r.report_id,
                 &rfc3339(r.received_at),
+                &r.interruptions.len().to_string(),
             ])
             .map_err(ApiError::internal)?;
     }

@@ -8,9 +8,10 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiPath};
+use super::access::{self, Scope};
+use super::{ApiError, ApiPath, ApiQuery};
 use crate::auth::AuthUser;
 use crate::db::from_ms;
 use crate::state::AppState;
@@ -57,6 +58,25 @@ pub struct Programme {
     /// When it was uploaded.
     #[sqlx(try_from = "i64")]
     pub created_at: Millis,
+    /// Approval state: `draft`, `pending`, `approved` or `rejected`; only
+    /// approved programmes air (see [`super::approvals`]).
+    pub status: String,
+    /// The unit it belongs to (that of its uploader; `None` = root).
+    pub unit_id: Option<String>,
+    /// Username of the uploader (`None` for rows from before accounts).
+    pub created_by: Option<String>,
+    /// Who approved or rejected it.
+    pub reviewed_by: Option<String>,
+    /// When it was approved or rejected (RFC 3339).
+    #[serde(serialize_with = "serialize_opt_ms")]
+    pub reviewed_at: Option<i64>,
+    /// The approver's note (e.g. why it was rejected).
+    pub review_note: Option<String>,
+}
+
+/// Serialises optional unix milliseconds as an RFC 3339 instant or null.
+fn serialize_opt_ms<S: serde::Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    v.map(Millis).serialize(s)
 }
 
 /// A DB instant (unix ms) that serialises as RFC 3339.
@@ -78,7 +98,8 @@ impl Serialize for Millis {
 
 macro_rules! select_programmes {
     () => {
-        "SELECT id, title, category, duration_ms, sha256, bytes, bitrate, original_name, created_at FROM programmes"
+        "SELECT id, title, category, duration_ms, sha256, bytes, bitrate, original_name, created_at, \
+         status, unit_id, created_by, reviewed_by, reviewed_at, review_note FROM programmes"
     };
 }
 
@@ -91,35 +112,81 @@ pub async fn fetch(state: &AppState, id: &str) -> Result<Programme, ApiError> {
     row.ok_or_else(|| ApiError::not_found("programme", "chương trình", id))
 }
 
+/// Query of `GET /programmes`.
+#[derive(Deserialize)]
+struct ListQuery {
+    /// Only programmes in this approval state.
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// Programmes the user may see: those of their unit and below, and those
+/// shared from the units above.
 async fn list(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<Programme>>, ApiError> {
+    let scope = Scope::of(&state.db, &user).await?;
     let rows: Vec<Programme> = sqlx::query_as(concat!(
         select_programmes!(),
-        " ORDER BY created_at DESC, id"
+        " WHERE ($1 IS NULL OR status = $1) ORDER BY created_at DESC, id"
     ))
+    .bind(q.status.filter(|s| !s.trim().is_empty()))
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(rows))
+    Ok(Json(
+        rows.into_iter()
+            .filter(|p| scope.sees(p.unit_id.as_deref()))
+            .collect(),
+    ))
+}
+
+/// Loads a programme the user may see, or 404.
+pub async fn fetch_visible(
+    state: &AppState,
+    user: &AuthUser,
+    id: &str,
+) -> Result<Programme, ApiError> {
+    let programme = fetch(state, id).await?;
+    let scope = Scope::of(&state.db, user).await?;
+    if scope.sees(programme.unit_id.as_deref()) {
+        Ok(programme)
+    } else {
+        Err(ApiError::not_found("programme", "chương trình", id))
+    }
 }
 
 async fn get_one(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Programme>, ApiError> {
-    fetch(&state, &id).await.map(Json)
+    fetch_visible(&state, &user, &id).await.map(Json)
 }
 
 /// Deletes a programme no schedule uses; its audio file goes too unless
 /// another programme has the same content.
 async fn delete(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let programme = fetch(&state, &id).await?;
+    let role = user.role_kind();
+    user.require(role.edits(), "xoá chương trình")?;
+    let programme = fetch_visible(&state, &user, &id).await?;
+    let scope = Scope::of(&state.db, &user).await?;
+    if !scope.covers(programme.unit_id.as_deref()) {
+        return Err(access::out_of_scope("programme", "chương trình", &id));
+    }
+    if programme.status == "approved" && !role.approves() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only approvers may delete an approved programme",
+            "Chỉ người duyệt mới được xoá chương trình đã duyệt.",
+        ));
+    }
     let _guard = state.store.commit_lock().await;
     let mut tx = state.db.begin().await?;
     let schedules: i64 =

@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::access::{self, Scope};
 use super::error::is_unique_violation;
 use super::extract::{check_id, check_text};
 use super::{ApiError, ApiJson, ApiPath};
@@ -53,6 +54,17 @@ struct ReceiverChange {
     /// New zone.
     #[serde(default)]
     zone: Option<String>,
+    /// Latitude in degrees (WGS 84), `null` to clear.
+    #[serde(default, deserialize_with = "double_option")]
+    lat: Option<Option<f64>>,
+    /// Longitude in degrees (WGS 84), `null` to clear.
+    #[serde(default, deserialize_with = "double_option")]
+    lon: Option<Option<f64>>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(d).map(Some)
 }
 
 /// Answer to a creation or token replacement: the token, shown this once.
@@ -89,6 +101,9 @@ struct Receiver {
     schedule_version: Option<i64>,
     /// When it was registered.
     created_at: DateTime<Utc>,
+    /// Where it stands (degrees), if known.
+    lat: Option<f64>,
+    lon: Option<f64>,
 }
 
 /// One `receivers` row.
@@ -103,6 +118,8 @@ struct ReceiverRow {
     cached: String,
     schedule_version: Option<i64>,
     created_at: i64,
+    lat: Option<f64>,
+    lon: Option<f64>,
 }
 
 impl ReceiverRow {
@@ -120,25 +137,32 @@ impl ReceiverRow {
             id: self.id,
             name: self.name,
             zone: self.zone_id,
+            lat: self.lat,
+            lon: self.lon,
         }
     }
 }
 
 macro_rules! select_receivers {
     () => {
-        "SELECT id, name, zone_id, online, last_seen, now_playing, cached, schedule_version, created_at FROM receivers"
+        "SELECT id, name, zone_id, online, last_seen, now_playing, cached, schedule_version, created_at, \
+         lat, lon FROM receivers"
     };
 }
 
-/// Refuses a zone id that does not exist (422: the request names it in its body).
-async fn check_zone(state: &AppState, zone: &str) -> Result<(), ApiError> {
+/// Refuses a zone id that does not exist (422: the request names it in its
+/// body) or lies outside the user's unit (403).
+async fn check_zone(state: &AppState, user: &AuthUser, zone: &str) -> Result<(), ApiError> {
     check_id("zone", zone)?;
+    let scope = Scope::of(&state.db, user).await?;
+    let in_scope = scope.zones(&state.db).await?.contains_key(zone);
     let exists: Option<String> = sqlx::query_scalar("SELECT id FROM zones WHERE id = $1")
         .bind(zone)
         .fetch_optional(&state.db)
         .await?;
     match exists {
-        Some(_) => Ok(()),
+        Some(_) if in_scope => Ok(()),
+        Some(_) => Err(access::out_of_scope("zone", "khu vực", zone)),
         None => Err(ApiError::unprocessable(
             "unknown_zone",
             format!("zone {zone:?} does not exist"),
@@ -149,12 +173,13 @@ async fn check_zone(state: &AppState, zone: &str) -> Result<(), ApiError> {
 
 async fn create(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     ApiJson(req): ApiJson<NewReceiver>,
 ) -> Result<(StatusCode, Json<ReceiverCredential>), ApiError> {
+    user.require(user.role_kind().manages_devices(), "quản lý cụm loa")?;
     check_id("id", &req.id)?;
     let name = check_text("name", "tên loa", &req.name, 200)?;
-    check_zone(&state, &req.zone).await?;
+    check_zone(&state, &user, &req.zone).await?;
     let token = auth::new_token();
     let inserted = sqlx::query(
         "INSERT INTO receivers (id, name, zone_id, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -188,53 +213,87 @@ async fn create(
 
 async fn list(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
 ) -> Result<Json<Vec<Receiver>>, ApiError> {
+    let scope = Scope::of(&state.db, &user).await?;
+    let visible = scope.receivers(&state.db).await?;
     let rows: Vec<ReceiverRow> = sqlx::query_as(concat!(select_receivers!(), " ORDER BY id"))
         .fetch_all(&state.db)
         .await?;
     let now = now_ms();
-    Ok(Json(rows.into_iter().map(|r| r.into_api(now)).collect()))
+    Ok(Json(
+        rows.into_iter()
+            .filter(|r| visible.contains_key(&r.id))
+            .map(|r| r.into_api(now))
+            .collect(),
+    ))
 }
 
-async fn fetch(state: &AppState, id: &str) -> Result<Receiver, ApiError> {
+/// A receiver in the user's scope, or 404.
+async fn fetch(state: &AppState, user: &AuthUser, id: &str) -> Result<Receiver, ApiError> {
+    let scope = Scope::of(&state.db, user).await?;
+    let visible = scope.receivers(&state.db).await?;
     let row: Option<ReceiverRow> = sqlx::query_as(concat!(select_receivers!(), " WHERE id = $1"))
         .bind(id)
         .fetch_optional(&state.db)
         .await?;
-    row.map(|r| r.into_api(now_ms()))
+    row.filter(|r| visible.contains_key(&r.id))
+        .map(|r| r.into_api(now_ms()))
         .ok_or_else(|| ApiError::not_found("receiver", "loa", id))
 }
 
 async fn get_one(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Receiver>, ApiError> {
-    fetch(&state, &id).await.map(Json)
+    fetch(&state, &user, &id).await.map(Json)
+}
+
+/// Checks a coordinate: finite and within `limit` degrees.
+fn check_degrees(field: &str, value: Option<f64>, limit: f64) -> Result<Option<f64>, ApiError> {
+    match value {
+        Some(v) if !v.is_finite() || v.abs() > limit => Err(ApiError::unprocessable(
+            "invalid_position",
+            format!("{field} must be between -{limit} and {limit} degrees"),
+            "Toạ độ không hợp lệ: vĩ độ từ −90 đến 90, kinh độ từ −180 đến 180.",
+        )),
+        v => Ok(v),
+    }
 }
 
 async fn update(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     ApiPath(id): ApiPath<String>,
     ApiJson(change): ApiJson<ReceiverChange>,
 ) -> Result<Json<Receiver>, ApiError> {
-    let current = fetch(&state, &id).await?;
+    user.require(user.role_kind().manages_devices(), "quản lý cụm loa")?;
+    let current = fetch(&state, &user, &id).await?;
+    let lat = match change.lat {
+        Some(v) => check_degrees("lat", v, 90.0)?,
+        None => current.lat,
+    };
+    let lon = match change.lon {
+        Some(v) => check_degrees("lon", v, 180.0)?,
+        None => current.lon,
+    };
     let name = match &change.name {
         Some(n) => check_text("name", "tên loa", n, 200)?,
         None => current.name.clone(),
     };
     let zone = match &change.zone {
         Some(z) => {
-            check_zone(&state, z).await?;
+            check_zone(&state, &user, z).await?;
             z.clone()
         }
         None => current.zone.clone(),
     };
-    sqlx::query("UPDATE receivers SET name = $1, zone_id = $2 WHERE id = $3")
+    sqlx::query("UPDATE receivers SET name = $1, zone_id = $2, lat = $3, lon = $4 WHERE id = $5")
         .bind(&name)
         .bind(&zone)
+        .bind(lat)
+        .bind(lon)
         .bind(&id)
         .execute(&state.db)
         .await?;
@@ -242,16 +301,18 @@ async fn update(
         tracing::info!(receiver = %id, from = %current.zone, to = %zone, "receiver moved to another zone");
         state.distributor.schedules_changed();
     }
-    fetch(&state, &id).await.map(Json)
+    fetch(&state, &user, &id).await.map(Json)
 }
 
 /// Deletes a receiver and its direct schedule targets; its proof-of-play
 /// history is kept.
 async fn delete(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
+    user.require(user.role_kind().manages_devices(), "quản lý cụm loa")?;
+    fetch(&state, &user, &id).await?;
     let mut tx = state.db.begin().await?;
     sqlx::query("DELETE FROM schedule_targets WHERE kind = 'receiver' AND target_id = $1")
         .bind(&id)
@@ -274,10 +335,11 @@ async fn delete(
 /// Replaces a receiver's token (the old one stops working at once).
 async fn rotate_token(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ReceiverCredential>, ApiError> {
-    let current = fetch(&state, &id).await?;
+    user.require(user.role_kind().manages_devices(), "quản lý cụm loa")?;
+    let current = fetch(&state, &user, &id).await?;
     let token = auth::new_token();
     sqlx::query("UPDATE receivers SET token_hash = $1 WHERE id = $2")
         .bind(auth::token_hash(&token))

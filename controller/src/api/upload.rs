@@ -14,6 +14,7 @@ use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
 
 use super::ApiError;
+use super::approvals::initial_status;
 use super::error::is_unique_violation;
 use super::extract::{check_id, check_text};
 use super::programmes::{FORM_OVERHEAD_BYTES, Millis, Programme};
@@ -36,6 +37,9 @@ struct UploadForm {
     category: Option<String>,
     /// Optional `id` field: the programme id to use instead of a generated one.
     id: Option<String>,
+    /// Optional `submit` field (`true`): an editor's upload goes straight
+    /// to `pending` instead of `draft`.
+    submit: bool,
 }
 
 /// Handles the upload.
@@ -45,6 +49,7 @@ pub async fn create(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<Programme>), ApiError> {
+    user.require(user.role_kind().edits(), "tải lên chương trình")?;
     // Refuse a declared oversize body before reading any of it: a client
     // waiting on `Expect: 100-continue` then never sends it at all.
     let declared = headers
@@ -136,10 +141,23 @@ pub async fn create(
         bitrate: report.bitrate as i64,
         original_name,
         created_at: Millis(now_ms()),
+        status: initial_status(&user, form.submit).as_str().to_string(),
+        unit_id: Some(user.unit_id.clone()),
+        created_by: Some(user.username.clone()),
+        reviewed_by: None,
+        reviewed_at: None,
+        review_note: None,
+    };
+    let approved_at_once = programme.status == "approved";
+    let programme = Programme {
+        reviewed_by: approved_at_once.then(|| user.username.clone()),
+        reviewed_at: approved_at_once.then_some(programme.created_at.0),
+        ..programme
     };
     let inserted = sqlx::query(
-        "INSERT INTO programmes (id, title, category, duration_ms, sha256, bytes, bitrate, original_name, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO programmes (id, title, category, duration_ms, sha256, bytes, bitrate, original_name, created_at, \
+             status, unit_id, created_by, reviewed_by, reviewed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(&programme.id)
     .bind(&programme.title)
@@ -150,6 +168,11 @@ pub async fn create(
     .bind(programme.bitrate)
     .bind(&programme.original_name)
     .bind(programme.created_at.0)
+    .bind(&programme.status)
+    .bind(&programme.unit_id)
+    .bind(&programme.created_by)
+    .bind(&programme.reviewed_by)
+    .bind(programme.reviewed_at)
     .execute(&state.db)
     .await;
     if let Err(e) = inserted {
@@ -222,6 +245,9 @@ async fn read_form(state: &AppState, mut multipart: Multipart) -> Result<UploadF
             "id" => {
                 form.id = Some(read_text(field, limit).await?.trim().to_string())
                     .filter(|s| !s.is_empty())
+            }
+            "submit" => {
+                form.submit = matches!(read_text(field, limit).await?.trim(), "true" | "1" | "on")
             }
             other => tracing::debug!(field = other, "ignoring unknown upload field"),
         }

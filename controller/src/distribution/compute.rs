@@ -208,6 +208,7 @@ async fn expand_all(
         "SELECT s.id, s.programme_id, s.start_local, s.timezone, s.rrule, s.priority,
                 p.duration_ms, p.sha256, p.bytes
          FROM schedules s JOIN programmes p ON p.id = s.programme_id
+         WHERE s.status = 'approved' AND p.status = 'approved'
          ORDER BY s.id",
     )
     .fetch_all(db)

@@ -1,0 +1,183 @@
+// Cụm loa: the loudspeakers on a map drawn from their latitude and
+// longitude (an SVG, no map tiles: works offline), their status, what they
+// play, and — for technicians — zones (with quiet hours), new
+// loudspeakers (their token is shown once) and positions.
+
+import { get, post, patch } from "../api.js";
+import { t } from "../i18n.js";
+import { h, mount, card, empty, toast, attempt, dialog, fmtTime } from "../ui.js";
+
+const W = 640;
+const H = 400;
+const PAD = 40;
+
+function map(receivers, zones, titles) {
+  const placed = receivers.filter((r) => r.lat != null && r.lon != null);
+  const svg = h("svg", { class: "map", id: "receiver-map", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": t("Bản đồ") });
+  if (!placed.length) {
+    svg.append(h("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, t("Chưa có loa nào có toạ độ.")));
+    return svg;
+  }
+  const lats = placed.map((r) => r.lat);
+  const lons = placed.map((r) => r.lon);
+  const midLat = (Math.min(...lats) + Math.max(...lats)) / 2;
+  const k = Math.cos((midLat * Math.PI) / 180); // equirectangular: shrink longitudes
+  const xs = lons.map((l) => l * k);
+  let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...lats), Math.max(...lats)];
+  const span = Math.max(x1 - x0, y1 - y0, 0.002);
+  const cx = (x0 + x1) / 2;
+  const cy = (y0 + y1) / 2;
+  const scale = Math.min(W - 2 * PAD, H - 2 * PAD) / span;
+  const px = (r) => W / 2 + (r.lon * k - cx) * scale;
+  const py = (r) => H / 2 - (r.lat - cy) * scale;
+  // A grid every ~100 m-ish step so distances read at a glance.
+  for (let i = 1; i < 8; i++) {
+    svg.append(h("line", { class: "grid-line", x1: (W * i) / 8, y1: 0, x2: (W * i) / 8, y2: H }));
+    if (i < 5) svg.append(h("line", { class: "grid-line", x1: 0, y1: (H * i) / 5, x2: W, y2: (H * i) / 5 }));
+  }
+  // Width of the whole frame on the ground (1° of latitude ≈ 111.32 km).
+  const widthKm = (W / scale) * 111.32;
+  const width = widthKm < 1 ? `${Math.round(widthKm * 1000)} m` : `${widthKm.toFixed(1).replace(".", ",")} km`;
+  svg.append(h("text", { x: 8, y: H - 8 }, `${t("Chiều rộng khung")} ≈ ${width}`));
+  const zoneName = new Map(zones.map((z) => [z.id, z.name]));
+  for (const r of placed) {
+    const state = r.now_playing ? "playing" : r.online ? "online" : "offline";
+    svg.append(
+      h(
+        "g",
+        { "data-receiver": r.id },
+        h("title", {}, `${r.name} — ${zoneName.get(r.zone) || r.zone} — ${t(r.online ? "Trực tuyến" : "Ngoại tuyến")}${r.now_playing ? ` — ${titles.get(r.now_playing.programme_id) || ""}` : ""}`),
+        h("circle", { class: `dot-${state}`, cx: px(r).toFixed(1), cy: py(r).toFixed(1), r: 9 }),
+        h("text", { x: (px(r) + 12).toFixed(1), y: (py(r) + 4).toFixed(1) }, r.name),
+      ),
+    );
+  }
+  return svg;
+}
+
+async function editPosition(r, reload) {
+  const lat = h("input", { type: "number", step: "0.000001", value: r.lat ?? "", id: "pos-lat" });
+  const lon = h("input", { type: "number", step: "0.000001", value: r.lon ?? "", id: "pos-lon" });
+  const ok = await dialog(`${t("Toạ độ")}: ${r.name}`, h("div", { class: "form-grid" }, h("label", {}, t("Vĩ độ"), lat), h("label", {}, t("Kinh độ"), lon)), [
+    { label: t("Huỷ"), value: null },
+    { label: t("Lưu"), value: "yes", class: "primary" },
+  ]);
+  if (!ok) return;
+  await attempt(async () => {
+    await patch(`/receivers/${encodeURIComponent(r.id)}`, {
+      lat: lat.value === "" ? null : Number(lat.value),
+      lon: lon.value === "" ? null : Number(lon.value),
+    });
+    await reload();
+  });
+}
+
+async function editZone(z, reload) {
+  const name = h("input", { value: z.name });
+  const quiet = h("input", { value: z.quiet_hours || "", placeholder: "22:00-05:30", id: "zone-quiet" });
+  const ok = await dialog(`${t("Khu vực")}: ${z.name}`, h("div", { class: "form-grid" }, h("label", {}, t("Tên"), name), h("label", {}, t("Giờ yên lặng"), quiet)), [
+    { label: t("Huỷ"), value: null },
+    { label: t("Lưu"), value: "yes", class: "primary" },
+  ]);
+  if (!ok) return;
+  await attempt(async () => {
+    await patch(`/zones/${encodeURIComponent(z.id)}`, { name: name.value, quiet_hours: quiet.value });
+    await reload();
+  });
+}
+
+function technicianForms(data, reload) {
+  const zid = h("input", { name: "id", placeholder: "thon-3", required: true });
+  const zname = h("input", { name: "name", placeholder: "Thôn 3", required: true });
+  const zquiet = h("input", { name: "quiet", placeholder: "22:00-05:30" });
+  const addZone = h("button", { class: "primary", type: "button" }, t("Thêm khu vực"));
+  addZone.addEventListener("click", () =>
+    attempt(async () => {
+      await post("/zones", { id: zid.value.trim(), name: zname.value, quiet_hours: zquiet.value || null });
+      toast(t("Đã thêm khu vực."));
+      await reload();
+    }),
+  );
+  const rid = h("input", { name: "id", placeholder: "loa-cho", required: true });
+  const rname = h("input", { name: "name", placeholder: "Loa cổng chợ", required: true });
+  const rzone = h("select", {}, data.zones.map((z) => h("option", { value: z.id }, z.name)));
+  const addReceiver = h("button", { class: "primary", type: "button" }, t("Thêm cụm loa"));
+  addReceiver.addEventListener("click", () =>
+    attempt(async () => {
+      const r = await post("/receivers", { id: rid.value.trim(), name: rname.value, zone: rzone.value });
+      await dialog(t("Mã bí mật của cụm loa"), [h("p", {}, t("Chỉ hiện một lần. Hãy ghi vào cấu hình thiết bị (LOA_RECEIVER_TOKEN).")), h("p", { class: "token-box" }, r.token)], [{ label: "OK", value: "ok", class: "primary" }]);
+      await reload();
+    }),
+  );
+  return h(
+    "div",
+    { class: "grid two" },
+    card(t("Thêm khu vực"), h("div", { class: "form-grid" }, h("label", {}, t("Mã"), zid), h("label", {}, t("Tên"), zname), h("label", {}, t("Giờ yên lặng"), zquiet)), h("div", { class: "row" }, addZone)),
+    card(t("Thêm cụm loa"), h("div", { class: "form-grid" }, h("label", {}, t("Mã"), rid), h("label", {}, t("Tên"), rname), h("label", {}, t("Khu vực"), rzone)), h("div", { class: "row" }, addReceiver)),
+  );
+}
+
+function view(ctx, data, reload) {
+  const tech = ctx.me.permissions.manage_devices;
+  const titles = new Map(data.programmes.map((p) => [p.id, p.title]));
+  const zoneName = new Map(data.zones.map((z) => [z.id, z.name]));
+  const items = data.receivers.map((r) =>
+    h(
+      "li",
+      { id: `rcv-${r.id}`, "data-online": r.online },
+      h(
+        "div",
+        { class: "main" },
+        h("b", {}, r.name),
+        h("small", {}, `${r.id} · ${zoneName.get(r.zone) || r.zone} · ${t("Lần cuối")}: ${fmtTime(r.last_seen)}`),
+        h("br"),
+        h("small", {}, r.now_playing ? `▶ ${titles.get(r.now_playing.programme_id) || t("Phát trực tiếp")}` : `${t("Bộ nhớ")}: ${r.cached.length} ${t("chương trình")}`, r.lat != null ? ` · ${r.lat.toFixed(5)}, ${r.lon.toFixed(5)}` : ` · ${t("Chưa có toạ độ")}`),
+      ),
+      h("span", { class: `badge ${r.online ? "online" : "offline"}` }, t(r.online ? "Trực tuyến" : "Ngoại tuyến")),
+      tech ? h("div", { class: "actions" }, h("button", { class: "small", onclick: () => editPosition(r, reload) }, t("Toạ độ"))) : null,
+    ),
+  );
+  const zones = data.zones.map((z) =>
+    h(
+      "li",
+      { id: `zone-${z.id}` },
+      h("div", { class: "main" }, h("b", {}, z.name), h("small", {}, `${z.id} · ${z.receivers} ${t("loa")}${z.quiet_hours ? ` · ${t("Giờ yên lặng")} ${z.quiet_hours}` : ""}`)),
+      tech ? h("div", { class: "actions" }, h("button", { class: "small", onclick: () => editZone(z, reload) }, t("Sửa"))) : null,
+    ),
+  );
+  const online = data.receivers.filter((r) => r.online).length;
+  return [
+    h(
+      "div",
+      { class: "grid three" },
+      card(
+        `${t("Bản đồ")} · ${online}/${data.receivers.length} ${t("Trực tuyến").toLowerCase()}`,
+        map(data.receivers, data.zones, titles),
+        h("div", { class: "legend" }, h("span", {}, h("i", { class: "l-online" }), t("Trực tuyến")), h("span", {}, h("i", { class: "l-playing" }), t("Đang phát")), h("span", {}, h("i", { class: "l-offline" }), t("Ngoại tuyến"))),
+      ),
+      card(t("Khu vực"), zones.length ? h("ul", { class: "list" }, zones) : empty(t("Chưa có khu vực nào."))),
+    ),
+    card(t("Cụm loa"), items.length ? h("ul", { class: "list", id: "receiver-list" }, items) : empty(t("Chưa có cụm loa nào."))),
+  ];
+}
+
+export async function render(root, ctx) {
+  const load = async () => {
+    const [receivers, zones, programmes] = await Promise.all([get("/receivers"), get("/zones"), get("/programmes")]);
+    return { receivers, zones, programmes };
+  };
+  const status = h("div");
+  const forms = h("div");
+  // The status part refreshes by itself; the forms only after a change,
+  // so typing is never interrupted.
+  const refresh = async () => mount(status, view(ctx, await load(), reload));
+  const reload = async () => {
+    const data = await load();
+    mount(status, view(ctx, data, reload));
+    mount(forms, ctx.me.permissions.manage_devices ? technicianForms(data, reload) : null);
+  };
+  await reload();
+  mount(root, status, forms);
+  const timer = setInterval(() => refresh().catch(() => {}), 10000);
+  return () => clearInterval(timer);
+}
