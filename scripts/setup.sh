@@ -5,6 +5,10 @@
 #
 #   build:   cmake pkg-config libasound2-dev libjack-jackd2-dev gcc
 #   tests:   jackd2 libasound2-plugins alsa-utils espeak-ng sox lame ffmpeg opus-tools mosquitto
+#            icecast2 (the relay test's radio station)
+#   bench:   snapserver snapclient (Snapcast, printed beside Loa by bench/live.sh)
+#   console: chromium fonts-dejavu-core (browser tests), and nodejs npm when
+#            there is no `node` yet (one from elsewhere, e.g. NodeSource, is kept)
 #   demo:    curl jq
 #
 # The Rust toolchain (cargo ≥ 1.90) is not installed here: get it from
@@ -12,11 +16,14 @@
 
 loa_setup() {
     local build=(cmake pkg-config libasound2-dev libjack-jackd2-dev gcc)
-    local runtime=(jackd2 libasound2-plugins alsa-utils espeak-ng sox lame ffmpeg opus-tools mosquitto curl jq)
+    local runtime=(jackd2 libasound2-plugins alsa-utils espeak-ng sox lame ffmpeg opus-tools mosquitto
+        icecast2 snapserver snapclient curl jq chromium fonts-dejavu-core)
     local missing=() pkg
     for pkg in "${build[@]}" "${runtime[@]}"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
 
     if ((${#missing[@]})); then
         local sudo=()
@@ -36,16 +43,20 @@ loa_setup() {
             { echo "setup: apt-get install ${missing[*]} failed" >&2; return 1; }
         # Debian starts the Mosquitto service on install; it would hold port
         # 1883, which the demo's embedded broker uses (the tests start their
-        # own Mosquitto on ports of their own). Stop and disable only the
-        # service we have just installed.
-        if [[ " ${missing[*]} " == *" mosquitto "* ]]; then
+        # own Mosquitto on ports of their own). Snapcast's and Icecast's
+        # services are not needed either: the tests and the benchmark start
+        # private instances on free ports. Stop and disable only the services
+        # we have just installed.
+        local service
+        for service in mosquitto snapserver snapclient icecast2; do
+            [[ " ${missing[*]} " == *" $service "* ]] || continue
             if [ -d /run/systemd/system ]; then
-                "${sudo[@]}" systemctl disable --now mosquitto >/dev/null 2>&1 || true
+                "${sudo[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true
             else
-                "${sudo[@]}" service mosquitto stop >/dev/null 2>&1 || true
-                "${sudo[@]}" update-rc.d mosquitto disable >/dev/null 2>&1 || true
+                "${sudo[@]}" service "$service" stop >/dev/null 2>&1 || true
+                "${sudo[@]}" update-rc.d "$service" disable >/dev/null 2>&1 || true
             fi
-        fi
+        done
     fi
 
     if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then

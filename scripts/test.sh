@@ -53,8 +53,10 @@ step "clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "unit and integration tests" cargo test --workspace --exclude loa-e2e
 if [ "$built" = PASS ]; then
     step "end-to-end tests" cargo test -p loa-e2e --no-fail-fast -- --test-threads=1 --nocapture
+    step "browser tests (console)" bash scripts/browser-test.sh
 else
     skip "end-to-end tests" "build failed"
+    skip "browser tests (console)" "build failed"
 fi
 
 echo

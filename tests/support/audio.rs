@@ -186,6 +186,36 @@ pub fn write_wav(path: &Path, samples: &[f32]) -> Result<()> {
     Ok(())
 }
 
+/// Writes several mono 48 kHz f32 tracks as one multichannel WAV (the
+/// shortest track sets the length).
+pub fn write_wav_channels(path: &Path, channels: &[&[f32]]) -> Result<()> {
+    if channels.is_empty() {
+        bail!("no channels to write to {}", path.display());
+    }
+    let spec = hound::WavSpec {
+        channels: channels.len() as u16,
+        sample_rate: crate::jack::RATE,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let len = channels.iter().map(|c| c.len()).min().unwrap_or(0);
+    let mut writer = hound::WavWriter::create(path, spec)
+        .with_context(|| format!("create {}", path.display()))?;
+    for i in 0..len {
+        for channel in channels {
+            writer.write_sample(channel[i])?;
+        }
+    }
+    writer.finalize()?;
+    Ok(())
+}
+
+/// Writes mono f32 samples as raw little-endian f32 (the recorder's clip format).
+pub fn write_f32(path: &Path, samples: &[f32]) -> Result<()> {
+    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    std::fs::write(path, bytes).with_context(|| format!("write {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,12 +39,34 @@ pub struct Controller {
     log: PathBuf,
     /// The process, `None` after [`kill9`](Self::kill9).
     process: Option<ChildProcess>,
+    /// Extra arguments and environment (kept for restarts).
+    options: ControllerOptions,
+}
+
+/// What a test adds to the controller's command line and environment.
+#[derive(Debug, Clone, Default)]
+pub struct ControllerOptions {
+    /// Extra `serve` arguments, e.g. `--live-delay-ms 120`.
+    pub args: Vec<String>,
+    /// Extra environment, e.g. `HOME` (whose `.asoundrc` sets what cpal's
+    /// default input captures) and the JACK server's variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl Controller {
     /// Starts a controller on fresh ports with an empty data directory and
     /// waits until `/api/v1/health` answers.
     pub async fn start(bins: &Binaries, artifacts: &Artifacts, broker: BrokerMode) -> Result<Self> {
+        Self::start_with(bins, artifacts, broker, ControllerOptions::default()).await
+    }
+
+    /// Like [`start`](Self::start) with extra arguments and environment.
+    pub async fn start_with(
+        bins: &Binaries,
+        artifacts: &Artifacts,
+        broker: BrokerMode,
+        options: ControllerOptions,
+    ) -> Result<Self> {
         let mut controller = Controller {
             bin: bins.controller.clone(),
             data: artifacts.subdir("controller-data")?,
@@ -53,6 +75,7 @@ impl Controller {
             admin_password: format!("e2e-{}-{}", std::process::id(), free_port()),
             log: artifacts.path("controller.log"),
             process: None,
+            options,
         };
         controller.spawn().await?;
         Ok(controller)
@@ -120,6 +143,8 @@ impl Controller {
             BrokerMode::Embedded { port } => cmd.args(["--mqtt", &format!("127.0.0.1:{port}")]),
             BrokerMode::External { url } => cmd.args(["--broker", url]),
         };
+        cmd.args(&self.options.args);
+        cmd.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         cmd.env("LOA_ADMIN_PASSWORD", &self.admin_password)
             .env(
                 "RUST_LOG",

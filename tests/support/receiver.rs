@@ -44,6 +44,17 @@ impl Receiver {
         jack: &JackServer,
         config: &ReceiverConfig,
     ) -> Result<Self> {
+        Self::start_with_args(bins, artifacts, jack, config, &[])
+    }
+
+    /// Like [`start`](Self::start) with extra `run` arguments (e.g. `--volume 0.5`).
+    pub fn start_with_args(
+        bins: &Binaries,
+        artifacts: &Artifacts,
+        jack: &JackServer,
+        config: &ReceiverConfig,
+        extra_args: &[&str],
+    ) -> Result<Self> {
         let root = artifacts.subdir(config.id)?;
         let home = root.join("home");
         let cache = root.join("cache");
@@ -61,6 +72,7 @@ impl Receiver {
         ])
         .args(["--broker", config.broker, "--output", "cpal", "--cache"])
         .arg(&cache)
+        .args(extra_args)
         .env("HOME", &home)
         .env(
             "RUST_LOG",
@@ -88,5 +100,10 @@ impl Receiver {
     /// The last lines of its log.
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> &std::path::Path {
+        self.process.log_path()
     }
 }

@@ -19,6 +19,11 @@ pub struct Recording {
     clock: Vec<(u64, i128)>,
     /// Instants (Unix ns) of the xruns JACK reported while recording.
     pub xruns: Vec<i128>,
+    /// What the recorder's source port put out (when it had one), on the
+    /// same sample clock as `tracks`.
+    pub source: Option<Vec<f32>>,
+    /// Clips the source started: (index of the first sample, clip number).
+    pub clip_starts: Vec<(usize, u32)>,
 }
 
 impl Recording {
@@ -26,15 +31,23 @@ impl Recording {
     pub fn load(dir: &Path, ports: usize) -> Result<Self> {
         let mut tracks = Vec::new();
         for k in 1..=ports {
-            let path = dir.join(format!("in_{k}.f32"));
-            let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-            tracks.push(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            );
+            tracks.push(read_f32(&dir.join(format!("in_{k}.f32")))?);
         }
+        let source_path = dir.join("source.f32");
+        let source = if source_path.exists() {
+            Some(read_f32(&source_path)?)
+        } else {
+            None
+        };
+        let starts_path = dir.join("source.txt");
+        let clip_starts = if starts_path.exists() {
+            read_columns(&starts_path)?
+                .into_iter()
+                .map(|v| (v[0] as usize, v[1] as u32))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let timeline = read_columns(&dir.join("timeline.txt"))?
             .into_iter()
             .map(|v| (v[0] as u64, v[1] as u64))
@@ -55,6 +68,8 @@ impl Recording {
             timeline,
             clock,
             xruns: Vec::new(),
+            source,
+            clip_starts,
         };
         let xruns_path = dir.join("xruns.txt");
         if xruns_path.exists() {
@@ -78,6 +93,27 @@ impl Recording {
         self.jack_to_unix_nanos(jack_ns)
     }
 
+    /// Index of the first sample heard at or after `unix_nanos` (the
+    /// inverse of [`unix_nanos_at`](Self::unix_nanos_at); clamped to the
+    /// recording).
+    pub fn index_at_unix_nanos(&self, unix_nanos: i128) -> usize {
+        let len = self
+            .tracks
+            .first()
+            .or(self.source.as_ref())
+            .map_or(0, Vec::len);
+        let (mut lo, mut hi) = (0usize, len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.unix_nanos_at(mid) < unix_nanos {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
     /// Converts a JACK clock reading (ns) to Unix ns with the nearest clock pair.
     fn jack_to_unix_nanos(&self, jack_ns: i128) -> i128 {
         let jack_us = (jack_ns / 1000).max(0) as u64;
@@ -99,10 +135,30 @@ impl Recording {
         self.tracks.first().map_or(0, Vec::len) as f64 / RATE as f64
     }
 
+    /// Writes the source (if any) and every track as one multichannel
+    /// 32-bit float WAV: channel 1 the source, then one channel per track.
+    pub fn save_rig_wav(&self, path: &Path) -> Result<()> {
+        let mut channels: Vec<&[f32]> = Vec::new();
+        if let Some(source) = &self.source {
+            channels.push(source);
+        }
+        channels.extend(self.tracks.iter().map(Vec::as_slice));
+        crate::audio::write_wav_channels(path, &channels)
+    }
+
     /// Writes track `k` (1-based) as a 32-bit float WAV for listening.
     pub fn save_wav(&self, k: usize, path: &Path) -> Result<()> {
         crate::audio::write_wav(path, &self.tracks[k - 1])
     }
+}
+
+/// Raw f32 little-endian samples.
+fn read_f32(path: &Path) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
 }
 
 /// Whitespace-separated integer columns, one row per non-empty line.

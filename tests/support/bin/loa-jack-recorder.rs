@@ -1,6 +1,9 @@
 //! Records JACK input ports to files with wall-clock timing (see
 //! `loa_e2e::jack::capture`). Started by the end-to-end tests with
 //! `JACK_DEFAULT_SERVER` naming the test's server; stops at end of stdin.
+//! With `--source` the same client also plays clips into its output port
+//! `NAME:source` on command (`play PATH` on stdin) and records them, so a
+//! source and the receivers it reaches share one sample clock.
 
 use clap::Parser;
 use loa_e2e::jack::capture::{CaptureConfig, run};
@@ -17,6 +20,9 @@ struct Args {
     /// Output directory.
     #[arg(long)]
     out: std::path::PathBuf,
+    /// Register an output port `source` playing clips sent with `play PATH`.
+    #[arg(long)]
+    source: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,5 +31,6 @@ fn main() -> anyhow::Result<()> {
         client_name: args.client,
         ports: args.ports,
         out_dir: args.out,
+        source: args.source,
     })
 }

@@ -11,7 +11,20 @@
 //!   so frames convert to UTC to a few microseconds without assuming which
 //!   system clock JACK reads;
 //! - `xruns.txt`: JACK time (µs) of every xrun the server reported, so a
-//!   glitch in a recording can be told apart from a receiver's fault.
+//!   glitch in a recording can be told apart from a receiver's fault;
+//! - with a source port (`CaptureConfig::source`): `source.f32`, every
+//!   sample the client put out on its output port `source` (what a process
+//!   capturing from that port — the controller's "microphone" — hears), and
+//!   `source.txt`, one `FRAME CLIP` line per clip started, `FRAME` being the
+//!   index (in every `.f32` file) of the clip's first sample.
+//!
+//! The source plays clips in real time, one JACK cycle at a time: a line
+//! `play PATH` on stdin (PATH: raw f32 LE mono 48 kHz) loads the clip off
+//! the real-time thread and starts it at the next cycle, replacing a clip
+//! still playing; the helper answers `queued CLIP` (clips count from 1) or
+//! `error MESSAGE` on stdout. Source and inputs are recorded by the same
+//! client in the same cycle, so latency from source to any input is read on
+//! one sample clock.
 //!
 //! The process callback only copies samples into a block and hands it to a
 //! writer thread over a bounded channel; a block the writer cannot take is
@@ -27,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use jack::{
-    AudioIn, Client, ClientOptions, Control, NotificationHandler, Port, ProcessHandler,
+    AudioIn, AudioOut, Client, ClientOptions, Control, NotificationHandler, Port, ProcessHandler,
     ProcessScope,
 };
 
@@ -40,6 +53,16 @@ pub struct CaptureConfig {
     pub ports: usize,
     /// Directory for the output files.
     pub out_dir: PathBuf,
+    /// Also register an output port `source` that plays clips on command.
+    pub source: bool,
+}
+
+/// A clip for the source port.
+struct Clip {
+    /// Its number, from 1, as reported in `source.txt`.
+    id: u32,
+    /// Samples, mono 48 kHz.
+    samples: Vec<f32>,
 }
 
 /// One cycle's samples on their way from the process callback to the writer.
@@ -50,8 +73,23 @@ struct Block {
     usecs: u64,
     /// Frames in the cycle.
     frames: usize,
-    /// Port-major samples: port 1's `frames`, then port 2's, ...
+    /// Port-major samples: port 1's `frames`, then port 2's, ..., then the
+    /// source's if there is one.
     samples: Vec<f32>,
+    /// A clip that started in this cycle: (its id, offset in the cycle).
+    clip_started: Option<(u32, usize)>,
+}
+
+/// The source port and what it is playing.
+struct Source {
+    /// The output port.
+    port: Port<AudioOut>,
+    /// New clips from the command thread.
+    clips: Receiver<Clip>,
+    /// Finished or replaced clips, freed off the real-time thread.
+    spent: SyncSender<Clip>,
+    /// The clip playing and the position of its next sample.
+    playing: Option<(Clip, usize)>,
 }
 
 /// The real-time half: copies the ports' buffers each cycle.
@@ -64,27 +102,63 @@ struct Capture {
     frames: u64,
     /// Frames the writer could not take in time.
     dropped: Arc<AtomicU64>,
+    /// The source port, if configured.
+    source: Option<Source>,
 }
 
 impl ProcessHandler for Capture {
     fn process(&mut self, _: &Client, ps: &ProcessScope) -> Control {
         let frames = ps.n_frames() as usize;
         let usecs = ps.cycle_times().map(|t| t.current_usecs).unwrap_or(0);
-        let mut samples = Vec::with_capacity(frames * self.ports.len());
+        let tracks = self.ports.len() + usize::from(self.source.is_some());
+        let mut samples = Vec::with_capacity(frames * tracks);
         for port in &self.ports {
             samples.extend_from_slice(port.as_slice(ps));
+        }
+        let mut clip_started = None;
+        if let Some(source) = self.source.as_mut() {
+            clip_started = source.play(ps, &mut samples);
         }
         let block = Block {
             frame: self.frames,
             usecs,
             frames,
             samples,
+            clip_started,
         };
         if self.tx.try_send(block).is_err() {
             self.dropped.fetch_add(frames as u64, Ordering::Relaxed);
         }
         self.frames += frames as u64;
         Control::Continue
+    }
+}
+
+impl Source {
+    /// Fills this cycle's output (clip samples, then silence) and appends
+    /// the same samples to `record`; returns the clip started this cycle.
+    fn play(&mut self, ps: &ProcessScope, record: &mut Vec<f32>) -> Option<(u32, usize)> {
+        let mut started = None;
+        if let Ok(clip) = self.clips.try_recv() {
+            started = Some((clip.id, 0));
+            if let Some((old, _)) = self.playing.replace((clip, 0)) {
+                let _ = self.spent.try_send(old);
+            }
+        }
+        let out = self.port.as_mut_slice(ps);
+        out.fill(0.0);
+        if let Some((clip, pos)) = self.playing.as_mut() {
+            let n = out.len().min(clip.samples.len() - *pos);
+            out[..n].copy_from_slice(&clip.samples[*pos..*pos + n]);
+            *pos += n;
+            if *pos >= clip.samples.len()
+                && let Some((done, _)) = self.playing.take()
+            {
+                let _ = self.spent.try_send(done);
+            }
+        }
+        record.extend_from_slice(out);
+        started
     }
 }
 
@@ -112,21 +186,40 @@ pub fn run(config: &CaptureConfig) -> Result<()> {
     for k in 1..=config.ports {
         ports.push(client.register_port(&format!("in_{k}"), AudioIn::default())?);
     }
+    let (clip_tx, clip_rx) = sync_channel::<Clip>(4);
+    let (spent_tx, spent_rx) = sync_channel::<Clip>(4);
+    let source = if config.source {
+        Some(Source {
+            port: client.register_port("source", AudioOut::default())?,
+            clips: clip_rx,
+            spent: spent_tx,
+            playing: None,
+        })
+    } else {
+        None
+    };
+    // Frees clips the real-time thread is done with.
+    std::thread::spawn(move || spent_rx.into_iter().for_each(drop));
     let name = client.name().to_string();
     let mut tracks = Vec::new();
-    for k in 1..=config.ports {
-        let path = config.out_dir.join(format!("in_{k}.f32"));
+    let mut files: Vec<String> = (1..=config.ports).map(|k| format!("in_{k}.f32")).collect();
+    if config.source {
+        files.push("source.f32".into());
+    }
+    for file in files {
+        let path = config.out_dir.join(file);
         tracks.push(BufWriter::new(
             File::create(&path).with_context(|| format!("create {}", path.display()))?,
         ));
     }
     let timeline = BufWriter::new(File::create(config.out_dir.join("timeline.txt"))?);
+    let source_log = BufWriter::new(File::create(config.out_dir.join("source.txt"))?);
     let mut clock = BufWriter::new(File::create(config.out_dir.join("clock.txt"))?);
 
     // ~10 s of cycles at 256 frames: room for a slow disk.
     let (tx, rx) = sync_channel::<Block>(2048);
     let dropped = Arc::new(AtomicU64::new(0));
-    let writer = std::thread::spawn(move || write_blocks(rx, tracks, timeline));
+    let writer = std::thread::spawn(move || write_blocks(rx, tracks, timeline, source_log));
     let xruns = Arc::new(Mutex::new(Vec::new()));
     let notifications = Notifications {
         xruns: xruns.clone(),
@@ -138,17 +231,37 @@ pub fn run(config: &CaptureConfig) -> Result<()> {
             tx,
             frames: 0,
             dropped: dropped.clone(),
+            source,
         },
     )?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let stop_flag = stop.clone();
+    let has_source = config.source;
     std::thread::spawn(move || {
+        let mut next_clip = 1;
         for line in std::io::stdin().lock().lines() {
-            match line {
-                Ok(l) if l.trim() == "stop" => break,
-                Ok(_) => continue,
-                Err(_) => break,
+            let Ok(line) = line else { break };
+            let line = line.trim();
+            if line == "stop" {
+                break;
+            }
+            if let Some(path) = line.strip_prefix("play ") {
+                let answer = match load_clip(has_source, path) {
+                    Ok(samples) => match clip_tx.try_send(Clip {
+                        id: next_clip,
+                        samples,
+                    }) {
+                        Ok(()) => {
+                            next_clip += 1;
+                            format!("queued {}", next_clip - 1)
+                        }
+                        Err(_) => "error clip queue full".to_string(),
+                    },
+                    Err(e) => format!("error {e:#}"),
+                };
+                println!("{answer}");
+                let _ = std::io::stdout().flush();
             }
         }
         stop_flag.store(true, Ordering::SeqCst);
@@ -181,6 +294,21 @@ pub fn run(config: &CaptureConfig) -> Result<()> {
         xruns.len()
     );
     Ok(())
+}
+
+/// Reads a clip for the source port: raw f32 little-endian mono samples.
+fn load_clip(has_source: bool, path: &str) -> Result<Vec<f32>> {
+    if !has_source {
+        bail!("no source port (start with --source)");
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("read {path}"))?;
+    if bytes.is_empty() || bytes.len() % 4 != 0 {
+        bail!("{path}: {} bytes is not raw f32 samples", bytes.len());
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
 }
 
 /// Opens the client, retrying while the server is still starting.
@@ -225,6 +353,7 @@ fn write_blocks(
     rx: Receiver<Block>,
     mut tracks: Vec<BufWriter<File>>,
     mut timeline: BufWriter<File>,
+    mut source_log: BufWriter<File>,
 ) -> Result<u64> {
     let mut written = 0u64;
     let mut gaps = 0u64;
@@ -238,6 +367,10 @@ fn write_blocks(
             gaps += missing;
         }
         writeln!(timeline, "{} {}", block.frame, block.usecs)?;
+        if let Some((clip, offset)) = block.clip_started {
+            writeln!(source_log, "{} {clip}", block.frame + offset as u64)?;
+            source_log.flush()?;
+        }
         for (k, track) in tracks.iter_mut().enumerate() {
             let part = &block.samples[k * block.frames..(k + 1) * block.frames];
             for s in part {
@@ -250,5 +383,6 @@ fn write_blocks(
         track.flush()?;
     }
     timeline.flush()?;
+    source_log.flush()?;
     Ok(gaps)
 }

@@ -23,5 +23,16 @@ pub fn asoundrc(playback_port: &str) -> String {
     )
 }
 
+/// The `.asoundrc` of a process whose ALSA `default` PCM *captures* from
+/// JACK port `capture_port` (the recorder's source: what the controller's
+/// cpal "microphone" hears); its playback goes to the dummy backend's
+/// `system:playback_1`, where nothing listens.
+pub fn capture_asoundrc(capture_port: &str) -> String {
+    format!(
+        "pcm.!default {{ type plug  slave {{ pcm \"j\"  format FLOAT_LE  rate 48000  channels 1 }} }}\n\
+         pcm.j {{ type jack  playback_ports {{ 0 system:playback_1 }}  capture_ports {{ 0 {capture_port} }} }}\n"
+    )
+}
+
 /// Sample rate of the rig (the JACK server's and every Loa sink's).
 pub const RATE: u32 = 48_000;

@@ -25,6 +25,10 @@ pub struct Recorder {
     client: String,
     /// Number of input ports.
     ports: usize,
+    /// Whether the client has a `source` output port.
+    source: bool,
+    /// Lines the helper printed after `ready` (answers to `play`).
+    answers: mpsc::Receiver<String>,
 }
 
 impl Recorder {
@@ -37,6 +41,29 @@ impl Recorder {
         artifacts: &Artifacts,
         ports: usize,
     ) -> Result<Self> {
+        Self::start_inner(bin, jack, artifacts, ports, false)
+    }
+
+    /// Like [`start`](Self::start), and the same client also has an output
+    /// port ([`source_port`](Self::source_port)) that plays clips sent with
+    /// [`play`](Self::play) and records them as the recording's
+    /// [`source`](Recording::source) track, on the receivers' sample clock.
+    pub fn start_with_source(
+        bin: &Path,
+        jack: &JackServer,
+        artifacts: &Artifacts,
+        ports: usize,
+    ) -> Result<Self> {
+        Self::start_inner(bin, jack, artifacts, ports, true)
+    }
+
+    fn start_inner(
+        bin: &Path,
+        jack: &JackServer,
+        artifacts: &Artifacts,
+        ports: usize,
+        source: bool,
+    ) -> Result<Self> {
         let dir = artifacts.subdir("recording")?;
         let log = artifacts.path("recorder.log");
         let mut cmd = Command::new(bin);
@@ -48,6 +75,9 @@ impl Recorder {
             "--out",
         ])
         .arg(&dir);
+        if source {
+            cmd.arg("--source");
+        }
         jack.apply_env(&mut cmd);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -57,10 +87,13 @@ impl Recorder {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("recorder stdout")?;
         let (tx, rx) = mpsc::channel();
+        let (answer_tx, answers) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(name) = line.strip_prefix("ready ") {
                     let _ = tx.send(name.to_string());
+                } else {
+                    let _ = answer_tx.send(line);
                 }
             }
         });
@@ -80,7 +113,35 @@ impl Recorder {
             dir,
             client,
             ports,
+            source,
+            answers,
         })
+    }
+
+    /// Full JACK name of the source output port, for the `.asoundrc` of
+    /// the process that captures it (see [`super::capture_asoundrc`]).
+    pub fn source_port(&self) -> String {
+        assert!(self.source, "recorder was started without a source port");
+        format!("{}:source", self.client)
+    }
+
+    /// Starts playing `clip` (raw f32 LE mono 48 kHz) on the source port at
+    /// the next JACK cycle; returns the clip's number, which the recording's
+    /// [`clip_starts`](Recording::clip_starts) refers to.
+    pub fn play(&mut self, clip: &Path) -> Result<u32> {
+        let stdin = self.stdin.as_mut().context("recorder already stopped")?;
+        writeln!(stdin, "play {}", clip.display())?;
+        stdin.flush()?;
+        match self.answers.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => match line.strip_prefix("queued ") {
+                Some(id) => Ok(id.trim().parse()?),
+                None => bail!("recorder refused {}: {line}", clip.display()),
+            },
+            Err(_) => {
+                self.process.ensure_running()?;
+                bail!("recorder did not answer `play` within 10 s")
+            }
+        }
     }
 
     /// Full JACK name of input port `k` (1-based), for a receiver's `.asoundrc`.
@@ -111,5 +172,10 @@ impl Recorder {
             ));
         }
         Recording::load(&self.dir, self.ports)
+    }
+
+    /// The directory the helper writes into.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
