@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{
-    DeviceId, ErrorKind, FromSample, InputCallbackInfo, SampleFormat, SizedSample, StreamConfig,
-    SupportedStreamConfigRange,
+    BufferSize, DeviceId, ErrorKind, FromSample, InputCallbackInfo, SampleFormat, SizedSample,
+    StreamConfig, SupportedBufferSize, SupportedStreamConfigRange,
 };
 
 use super::clock::now_us;
@@ -89,22 +89,48 @@ fn open(
         .supported_input_configs()
         .map_err(|e| format!("cannot query {label}: {e}"))?
         .collect();
-    let (config, format) = choose(&device, &ranges).ok_or_else(|| {
+    let (config, format, buffer) = choose(&device, &ranges).ok_or_else(|| {
         format!("{label} offers no usable input configuration (need {MIN_RATE}-{MAX_RATE} Hz)")
     })?;
     tracing::info!(device = %label, rate = config.sample_rate, channels = config.channels,
         format = %format, "microphone opened");
-    let stream = match format {
-        SampleFormat::F32 => build::<f32>(&device, &config, tx, fault),
-        SampleFormat::I16 => build::<i16>(&device, &config, tx, fault),
-        SampleFormat::I32 => build::<i32>(&device, &config, tx, fault),
-        SampleFormat::U16 => build::<u16>(&device, &config, tx, fault),
-        SampleFormat::U8 => build::<u8>(&device, &config, tx, fault),
-        SampleFormat::I8 => build::<i8>(&device, &config, tx, fault),
-        SampleFormat::F64 => build::<f64>(&device, &config, tx, fault),
-        other => return Err(format!("unsupported sample format {other} on {label}")),
+    // The device's default period can be huge (16,384 frames through ALSA's
+    // JACK plugin, ~340 ms): frames would then reach receivers after their
+    // playout instant. Ask for short periods first, the default last.
+    let mut last_error = None;
+    let mut opened = None;
+    for size in buffer_candidates(&buffer) {
+        let config = StreamConfig {
+            buffer_size: size,
+            ..config
+        };
+        let tx = tx.clone();
+        let fault = fault.clone();
+        let built = match format {
+            SampleFormat::F32 => build::<f32>(&device, &config, tx, fault),
+            SampleFormat::I16 => build::<i16>(&device, &config, tx, fault),
+            SampleFormat::I32 => build::<i32>(&device, &config, tx, fault),
+            SampleFormat::U16 => build::<u16>(&device, &config, tx, fault),
+            SampleFormat::U8 => build::<u8>(&device, &config, tx, fault),
+            SampleFormat::I8 => build::<i8>(&device, &config, tx, fault),
+            SampleFormat::F64 => build::<f64>(&device, &config, tx, fault),
+            other => return Err(format!("unsupported sample format {other} on {label}")),
+        };
+        match built {
+            Ok(stream) => {
+                tracing::info!(device = %label, buffer = ?size, "microphone period chosen");
+                opened = Some(stream);
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
     }
-    .map_err(|e| format!("cannot open {label}: {e}"))?;
+    let stream = opened.ok_or_else(|| {
+        format!(
+            "cannot open {label}: {}",
+            last_error.map_or_else(|| "no buffer size accepted".to_string(), |e| e.to_string())
+        )
+    })?;
     Ok((stream, config.sample_rate))
 }
 
@@ -129,12 +155,34 @@ fn find_device(host: &cpal::Host, name: &str) -> Result<cpal::Device, String> {
     Err(format!("no audio input device {name:?}"))
 }
 
+/// Short capture periods to ask for, best first (960 frames = one 20 ms
+/// frame at 48 kHz).
+const PERIOD_CANDIDATES: [u32; 5] = [960, 1024, 512, 480, 2048];
+
+/// The buffer sizes to try for a device offering `supported`, ending with
+/// the device's default.
+fn buffer_candidates(supported: &SupportedBufferSize) -> Vec<BufferSize> {
+    let mut sizes: Vec<BufferSize> = match *supported {
+        SupportedBufferSize::Range { min, max } => PERIOD_CANDIDATES
+            .iter()
+            .filter(|&&p| (min..=max).contains(&p))
+            .map(|&p| BufferSize::Fixed(p))
+            .collect(),
+        SupportedBufferSize::Unknown => PERIOD_CANDIDATES
+            .iter()
+            .map(|&p| BufferSize::Fixed(p))
+            .collect(),
+    };
+    sizes.push(BufferSize::Default);
+    sizes
+}
+
 /// Picks 48 kHz if any range offers it (f32 first, then mono), else the
 /// device's default configuration if its rate is usable.
 fn choose(
     device: &cpal::Device,
     ranges: &[SupportedStreamConfigRange],
-) -> Option<(StreamConfig, SampleFormat)> {
+) -> Option<(StreamConfig, SampleFormat, SupportedBufferSize)> {
     let at_48k = ranges
         .iter()
         .filter(|r| r.contains_rate(RATE) && usable(r.sample_format()))
@@ -146,12 +194,21 @@ fn choose(
         });
     if let Some(range) = at_48k {
         let supported = range.with_sample_rate(RATE);
-        return Some((supported.config(), supported.sample_format()));
+        return Some((
+            supported.config(),
+            supported.sample_format(),
+            *supported.buffer_size(),
+        ));
     }
     let default = device.default_input_config().ok()?;
     let rate = default.sample_rate();
-    ((MIN_RATE..=MAX_RATE).contains(&rate) && usable(default.sample_format()))
-        .then(|| (default.config(), default.sample_format()))
+    ((MIN_RATE..=MAX_RATE).contains(&rate) && usable(default.sample_format())).then(|| {
+        (
+            default.config(),
+            default.sample_format(),
+            *default.buffer_size(),
+        )
+    })
 }
 
 fn usable(format: SampleFormat) -> bool {

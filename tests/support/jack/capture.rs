@@ -216,7 +216,7 @@ pub fn run(config: &CaptureConfig) -> Result<()> {
     let source_log = BufWriter::new(File::create(config.out_dir.join("source.txt"))?);
     let mut clock = BufWriter::new(File::create(config.out_dir.join("clock.txt"))?);
 
-    // ~10 s of cycles at 256 frames: room for a slow disk.
+    // ~10 s of cycles at 512 frames: room for a slow disk.
     let (tx, rx) = sync_channel::<Block>(2048);
     let dropped = Arc::new(AtomicU64::new(0));
     let writer = std::thread::spawn(move || write_blocks(rx, tracks, timeline, source_log));

@@ -25,7 +25,7 @@ pub struct JackServer {
 }
 
 impl JackServer {
-    /// Starts `jackd -R -P 40 -n NAME -d dummy -r 48000 -p 256` and waits
+    /// Starts `jackd -R -P 40 -n NAME -d dummy -r 48000 -p 512` and waits
     /// until clients can connect. Real-time scheduling keeps the rig's own
     /// threads (server, ALSA plugin, recorder) from being starved by a busy
     /// machine; where it is not permitted jackd runs without it, as it does
@@ -55,7 +55,7 @@ impl JackServer {
             } else {
                 cmd.args(["--realtime", "-P", "40"]);
             }
-            cmd.args(["-n", &name, "-d", "dummy", "-r", "48000", "-p", "256"]);
+            cmd.args(["-n", &name, "-d", "dummy", "-r", "48000", "-p", "512"]);
             cmd.env("JACK_NO_AUDIO_RESERVATION", "1");
             let mut process = ChildProcess::spawn("jackd", cmd, &log)
                 .context("is jackd installed? run scripts/setup.sh")?;
