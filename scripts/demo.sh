@@ -212,6 +212,7 @@ cat <<EOF
 ════════════════════════════════════════════════════════════════════════════
  Loa đang chạy / Loa is running
 ════════════════════════════════════════════════════════════════════════════
+ Bảng điều khiển / web console: http://$HTTP/
  API:                 $API
  Tài khoản / account: admin   Mật khẩu / password: $LOA_ADMIN_PASSWORD
  Bản tin / programme: $TITLE ($PROGRAMME)
@@ -230,6 +231,11 @@ cat <<EOF
  Nhấn Ctrl-C để dừng / press Ctrl-C to stop.
 ════════════════════════════════════════════════════════════════════════════
 EOF
+
+# Open the console in the desktop's browser when there is one.
+if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ] && command -v xdg-open >/dev/null 2>&1; then
+    xdg-open "http://$HTTP/" >/dev/null 2>&1 &
+fi
 
 # Stay in the foreground until Ctrl-C or until a child dies.
 set +e
