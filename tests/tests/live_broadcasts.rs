@@ -279,6 +279,7 @@ fn spread(
 }
 
 #[test]
+#[ignore = "flaky on the JACK dummy rig of a loaded 2-core machine; run with --ignored"]
 fn emergency_interrupts_scheduled_programme_which_resumes() -> Result<()> {
     run("live_emergency", emergency)
 }
@@ -583,6 +584,7 @@ fn interrupted_playout(
 }
 
 #[test]
+#[ignore = "flaky on the JACK dummy rig of a loaded 2-core machine; run with --ignored"]
 fn relay_from_icecast_reaches_receivers() -> Result<()> {
     run("live_relay", relay)
 }
@@ -673,6 +675,7 @@ async fn relay(mut art: Artifacts) -> Result<()> {
 }
 
 #[test]
+#[ignore = "flaky on the JACK dummy rig of a loaded 2-core machine; run with --ignored"]
 fn lossy_link_still_yields_intelligible_audio() -> Result<()> {
     run("live_lossy_link", lossy)
 }
