@@ -33,6 +33,18 @@ impl Artifacts {
         })
     }
 
+    /// The existing directory of a test that has run, keeping its figures,
+    /// so more can be appended.
+    pub fn reopen(name: &str) -> Result<Self> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("artifacts")
+            .join(name);
+        let figures = std::fs::read_to_string(dir.join("figures.txt")).unwrap_or_default();
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Artifacts { dir, figures })
+    }
+
     /// A path inside the directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)

@@ -64,17 +64,47 @@ const STATION_TEXT: &str =
 const LOSSY_TEXT: &str = "Thông báo lịch tiêm chủng mở rộng cho trẻ em dưới năm tuổi tại trạm \
     y tế xã, từ bảy giờ sáng đến mười một giờ trưa thứ năm tuần này.";
 
-/// Runs one scenario with its artifact directory, printing log tails on failure.
+/// Attempts of one scenario at most: a scenario is run again only when it
+/// failed while the JACK rig itself was disturbed (see [`RIG_DISTURBED_XRUNS`]).
+const RIG_ATTEMPTS: usize = 3;
+/// JACK xruns during one attempt from which the rig, not Loa, is suspect:
+/// the dummy driver then runs late and catches up, so every sound card
+/// clock on the rig jumps. A clean attempt has none or a handful.
+const RIG_DISTURBED_XRUNS: usize = 20;
+
+/// Runs one scenario with its artifact directory, printing log tails on
+/// failure. A failure on a disturbed rig (a loaded 2-core machine can delay
+/// JACK's real-time threads) is retried, up to [`RIG_ATTEMPTS`] in all; the
+/// failed attempt's directory is kept as `NAME-attempt-N` and the final
+/// figures say how many attempts it took. A failure on a quiet rig fails at once.
 fn run<F, Fut>(name: &str, scenario: F) -> Result<()>
 where
-    F: FnOnce(Artifacts) -> Fut,
+    F: Fn(Artifacts) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
     let _serial = serial();
-    let art = Artifacts::new(name)?;
-    let dir = art.dir.clone();
-    let result = tokio::runtime::Runtime::new()?.block_on(scenario(art));
-    if let Err(e) = &result {
+    let mut earlier = Vec::new();
+    for attempt in 1..=RIG_ATTEMPTS {
+        let art = Artifacts::new(name)?;
+        let dir = art.dir.clone();
+        let result = tokio::runtime::Runtime::new()?.block_on(scenario(art));
+        let Err(e) = &result else {
+            if !earlier.is_empty() {
+                let mut art = Artifacts::reopen(name)?;
+                art.figure(format!(
+                    "{name}: passed at attempt {attempt}; earlier attempts failed on a disturbed \
+                     rig ({} JACK xruns): {}",
+                    earlier.join(", "),
+                    earlier
+                        .iter()
+                        .enumerate()
+                        .map(|(k, _)| format!("{name}-attempt-{}", k + 1))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            return result;
+        };
         println!("{name}: FAILED: {e:#}");
         for log in [
             "controller.log",
@@ -94,13 +124,37 @@ where
                 );
             }
         }
-        println!("(all logs, recordings and figures: {})", dir.display());
+        let xruns = rig_xruns(&dir);
+        if xruns < RIG_DISTURBED_XRUNS || attempt == RIG_ATTEMPTS {
+            println!("(all logs, recordings and figures: {})", dir.display());
+            return result;
+        }
+        let kept = dir.with_file_name(format!("{name}-attempt-{attempt}"));
+        let _ = std::fs::remove_dir_all(&kept);
+        std::fs::rename(&dir, &kept)
+            .with_context(|| format!("cannot keep {} as {}", dir.display(), kept.display()))?;
+        println!(
+            "{name}: attempt {attempt} failed with {xruns} JACK xruns on the rig; its logs are in \
+             {}; running it again",
+            kept.display()
+        );
+        earlier.push(xruns.to_string());
     }
-    result
+    unreachable!("the last attempt returns")
+}
+
+/// Xruns JACK reported during an attempt: the recorder's count
+/// (`recording/xruns.txt`), or else the server log's.
+fn rig_xruns(dir: &std::path::Path) -> usize {
+    if let Ok(text) = std::fs::read_to_string(dir.join("recording").join("xruns.txt")) {
+        return text.lines().filter(|l| !l.trim().is_empty()).count();
+    }
+    std::fs::read_to_string(dir.join("jackd.log"))
+        .map(|log| log.matches("JackEngine::XRun").count())
+        .unwrap_or(0)
 }
 
 #[test]
-#[ignore = "fails when the JACK dummy rig xruns (135 in one CI-like run); run with --ignored"]
 fn microphone_live_reaches_two_receivers_in_sync() -> Result<()> {
     run("live_microphone", microphone)
 }
@@ -279,7 +333,6 @@ fn spread(
 }
 
 #[test]
-#[ignore = "flaky on the JACK dummy rig of a loaded 2-core machine; run with --ignored"]
 fn emergency_interrupts_scheduled_programme_which_resumes() -> Result<()> {
     run("live_emergency", emergency)
 }
@@ -584,7 +637,6 @@ fn interrupted_playout(
 }
 
 #[test]
-#[ignore = "flaky on the JACK dummy rig of a loaded 2-core machine; run with --ignored"]
 fn relay_from_icecast_reaches_receivers() -> Result<()> {
     run("live_relay", relay)
 }
@@ -675,7 +727,6 @@ async fn relay(mut art: Artifacts) -> Result<()> {
 }
 
 #[test]
-#[ignore = "flaky on the JACK dummy rig of a loaded 2-core machine; run with --ignored"]
 fn lossy_link_still_yields_intelligible_audio() -> Result<()> {
     run("live_lossy_link", lossy)
 }

@@ -29,6 +29,9 @@
 //! The process callback only copies samples into a block and hands it to a
 //! writer thread over a bounded channel; a block the writer cannot take is
 //! dropped, counted, and filled with zeros so later samples keep their place.
+//! It never allocates: blocks come from a pool the writer refills, and the
+//! process locks its memory (`mlockall`) where permitted, so a page fault on
+//! a loaded machine cannot make the recorder miss its JACK deadline.
 
 use std::fs::File;
 use std::io::{BufRead, BufWriter, Write};
@@ -104,6 +107,8 @@ struct Capture {
     dropped: Arc<AtomicU64>,
     /// The source port, if configured.
     source: Option<Source>,
+    /// Empty sample buffers, recycled by the writer thread.
+    pool: Receiver<Vec<f32>>,
 }
 
 impl ProcessHandler for Capture {
@@ -111,7 +116,13 @@ impl ProcessHandler for Capture {
         let frames = ps.n_frames() as usize;
         let usecs = ps.cycle_times().map(|t| t.current_usecs).unwrap_or(0);
         let tracks = self.ports.len() + usize::from(self.source.is_some());
-        let mut samples = Vec::with_capacity(frames * tracks);
+        // A recycled buffer; allocating here happens only if the writer has
+        // fallen far behind (and then only this once per block).
+        let mut samples = self
+            .pool
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(frames * tracks));
+        samples.clear();
         for port in &self.ports {
             samples.extend_from_slice(port.as_slice(ps));
         }
@@ -216,10 +227,17 @@ pub fn run(config: &CaptureConfig) -> Result<()> {
     let source_log = BufWriter::new(File::create(config.out_dir.join("source.txt"))?);
     let mut clock = BufWriter::new(File::create(config.out_dir.join("clock.txt"))?);
 
+    lock_memory();
     // ~10 s of cycles at 512 frames: room for a slow disk.
-    let (tx, rx) = sync_channel::<Block>(2048);
+    let (tx, rx) = sync_channel::<Block>(BLOCKS);
+    let (pool_tx, pool_rx) = sync_channel::<Vec<f32>>(BLOCKS);
+    let tracks_per_block = config.ports + usize::from(config.source);
+    for _ in 0..POOL_PREFILL {
+        let _ = pool_tx.try_send(Vec::with_capacity(MAX_CYCLE_FRAMES * tracks_per_block));
+    }
     let dropped = Arc::new(AtomicU64::new(0));
-    let writer = std::thread::spawn(move || write_blocks(rx, tracks, timeline, source_log));
+    let writer =
+        std::thread::spawn(move || write_blocks(rx, pool_tx, tracks, timeline, source_log));
     let xruns = Arc::new(Mutex::new(Vec::new()));
     let notifications = Notifications {
         xruns: xruns.clone(),
@@ -232,6 +250,7 @@ pub fn run(config: &CaptureConfig) -> Result<()> {
             frames: 0,
             dropped: dropped.clone(),
             source,
+            pool: pool_rx,
         },
     )?;
 
@@ -347,10 +366,49 @@ fn clock_pair(client: &Client) -> (u64, i128, u64) {
     best
 }
 
-/// Writer thread: appends blocks to the files; returns the zero frames it
-/// inserted for dropped blocks.
+/// Blocks in flight between the process callback and the writer (~10 s of
+/// cycles at 512 frames: room for a slow disk).
+const BLOCKS: usize = 2048;
+/// Buffers allocated up front for the pool.
+const POOL_PREFILL: usize = 64;
+/// Largest JACK period the prefilled buffers are sized for.
+const MAX_CYCLE_FRAMES: usize = 2048;
+
+/// Locks the process's pages in memory (`mlockall`), as JACK clients do, so
+/// the real-time thread does not wait on page faults; a machine that does
+/// not permit it records anyway, with a note on stderr. Only where locking
+/// is unlimited (root, or `ulimit -l unlimited`): under a finite limit,
+/// `MCL_FUTURE` would turn later allocations into failures.
+fn lock_memory() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; geteuid has no arguments.
+    let unlimited = unsafe {
+        libc::geteuid() == 0
+            || (libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0
+                && limit.rlim_cur == libc::RLIM_INFINITY)
+    };
+    if !unlimited {
+        eprintln!("memory locking is limited here; recording without locked memory");
+        return;
+    }
+    // SAFETY: mlockall takes flags only and touches no Rust-managed memory.
+    let rc = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) };
+    if rc != 0 {
+        eprintln!(
+            "mlockall not permitted ({}); recording without locked memory",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Writer thread: appends blocks to the files, returning their buffers to
+/// the pool; returns the zero frames it inserted for dropped blocks.
 fn write_blocks(
     rx: Receiver<Block>,
+    pool: SyncSender<Vec<f32>>,
     mut tracks: Vec<BufWriter<File>>,
     mut timeline: BufWriter<File>,
     mut source_log: BufWriter<File>,
@@ -378,6 +436,7 @@ fn write_blocks(
             }
         }
         written = block.frame + block.frames as u64;
+        let _ = pool.try_send(block.samples);
     }
     for mut track in tracks {
         track.flush()?;
