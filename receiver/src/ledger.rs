@@ -112,6 +112,34 @@ impl Ledger {
         self.save()
     }
 
+    /// Takes back a play that was under way when the receiver stopped and
+    /// whose natural end is still more than `margin` after `now`: it is
+    /// forgotten (neither in progress nor done), so the player joins it
+    /// again where its timeline is, as for any late start, and reports it
+    /// once (report ids derive from the event). Returns the event id.
+    pub fn resume_interrupted_play(
+        &mut self,
+        now: DateTime<Utc>,
+        margin: chrono::Duration,
+    ) -> Result<Option<String>, LedgerError> {
+        let Some(report) = self.state.in_progress.as_ref() else {
+            return Ok(None);
+        };
+        let event_id = report.event_id.clone();
+        let resumable = self
+            .state
+            .done
+            .get(&event_id)
+            .is_some_and(|end| *end > now + margin);
+        if !resumable {
+            return Ok(None);
+        }
+        self.state.done.remove(&event_id);
+        self.state.in_progress = None;
+        self.save()?;
+        Ok(Some(event_id))
+    }
+
     /// The report of a play that was under way when the receiver stopped,
     /// turned into a `failed` report. Call [`mark_finished`](Self::mark_finished)
     /// once it is queued.

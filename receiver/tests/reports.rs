@@ -145,3 +145,46 @@ fn the_ledger_remembers_plays_and_turns_an_interrupted_one_into_a_failed_report(
     assert!(!ledger.contains("gone@1"));
     assert!(ledger.contains("kept@1") && ledger.contains("s1@500"));
 }
+
+#[test]
+fn a_play_cut_short_with_time_left_is_taken_back_to_be_joined_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let mut started = report("s1@2000");
+    started.ended_at = None;
+    {
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger
+            .mark_started(&started, now + Duration::seconds(30))
+            .unwrap();
+        // Killed here, 30 s before the programme's end.
+    }
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    let resumed = ledger
+        .resume_interrupted_play(now, Duration::seconds(1))
+        .unwrap();
+    assert_eq!(resumed.as_deref(), Some("s1@2000"));
+    // Forgotten, on disk too: the player will play (join) it and report it once.
+    let ledger = Ledger::open(dir.path()).unwrap();
+    assert!(!ledger.contains("s1@2000"));
+    assert!(ledger.interrupted_play().is_none());
+
+    // A play whose end has (almost) passed stays a failed report.
+    let mut over = report("s1@3000");
+    over.ended_at = None;
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    ledger
+        .mark_started(&over, now + Duration::milliseconds(500))
+        .unwrap();
+    assert_eq!(
+        ledger
+            .resume_interrupted_play(now, Duration::seconds(1))
+            .unwrap(),
+        None
+    );
+    assert!(ledger.contains("s1@3000"));
+    assert_eq!(
+        ledger.interrupted_play().map(|r| r.outcome),
+        Some(PlayOutcome::Failed)
+    );
+}

@@ -81,6 +81,30 @@ impl Controller {
         Ok(controller)
     }
 
+    /// Like [`start`](Self::start) with the data directory under `parent`
+    /// (e.g. a small disk) instead of the artifact directory.
+    pub async fn start_in(
+        bins: &Binaries,
+        artifacts: &Artifacts,
+        broker: BrokerMode,
+        parent: &std::path::Path,
+    ) -> Result<Self> {
+        let data = parent.join("controller-data");
+        std::fs::create_dir_all(&data)?;
+        let mut controller = Controller {
+            bin: bins.controller.clone(),
+            data,
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            broker,
+            admin_password: format!("e2e-{}-{}", std::process::id(), free_port()),
+            log: artifacts.path("controller.log"),
+            process: None,
+            options: ControllerOptions::default(),
+        };
+        controller.spawn().await?;
+        Ok(controller)
+    }
+
     /// The HTTP base URL receivers and the API client use.
     pub fn url(&self) -> String {
         format!("http://{}", self.http)

@@ -19,6 +19,7 @@ pub mod audio;
 pub mod bins;
 pub mod bulletin;
 pub mod controller;
+pub mod cut;
 pub mod fleet;
 pub mod icecast;
 pub mod jack;
@@ -31,6 +32,7 @@ pub mod process;
 pub mod receiver;
 pub mod recording;
 pub mod wait;
+pub mod wav_receiver;
 
 pub use api::Api;
 pub use artifacts::Artifacts;

@@ -14,6 +14,8 @@ use crate::process::ChildProcess;
 pub struct Mosquitto {
     /// Listening port on 127.0.0.1.
     pub port: u16,
+    /// Its configuration file, kept for restarts.
+    conf: std::path::PathBuf,
     /// The process.
     process: ChildProcess,
 }
@@ -40,12 +42,30 @@ impl Mosquitto {
             process.ensure_running()?;
             return Err(e);
         }
-        Ok(Mosquitto { port, process })
+        Ok(Mosquitto {
+            port,
+            conf,
+            process,
+        })
     }
 
     /// `mqtt://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker (SIGKILL, as a crash would: no clean disconnects)
+    /// and starts it again on the same port and configuration; its state
+    /// (sessions, retained messages) is lost, as with `persistence false`.
+    pub fn restart(&mut self, artifacts: &Artifacts) -> Result<()> {
+        self.process.kill9()?;
+        let mut cmd = Command::new("mosquitto");
+        cmd.arg("-c").arg(&self.conf);
+        self.process = ChildProcess::spawn("mosquitto", cmd, &artifacts.path("mosquitto.log"))?;
+        wait_for_tcp(
+            SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_secs(10),
+        )
     }
 
     /// `Err` with the log tail if the broker has died.

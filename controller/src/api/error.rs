@@ -163,6 +163,28 @@ impl ApiError {
         )
     }
 
+    /// An I/O failure: 507 when the disk is full (the officer is told to
+    /// call the technician; nothing was stored), else a 500.
+    pub fn io(e: impl std::error::Error + 'static) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if let Some(io) = err.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::StorageFull
+            {
+                tracing::error!(error = %e, "disk full");
+                return Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "disk_full",
+                    "the controller's disk is full; nothing was stored",
+                    "Ổ đĩa của máy chủ đã đầy nên chưa lưu được. Không có gì bị mất; \
+                     hãy báo kỹ thuật viên giải phóng dung lượng rồi thử lại.",
+                );
+            }
+            source = err.source();
+        }
+        Self::internal(e)
+    }
+
     /// The HTTP status this error is answered with.
     pub fn status_code(&self) -> StatusCode {
         self.status
@@ -196,10 +218,14 @@ impl From<sqlx::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let generic;
-        let error: &str = if self.status.is_server_error() {
+        let error: &str = if self.status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(status = %self.status, code = self.code, detail = %self.error, "request failed");
             generic = "internal server error";
             generic
+        } else if self.status.is_server_error() {
+            // Our own state (a full disk, ...), said plainly without internals.
+            tracing::error!(status = %self.status, code = self.code, detail = %self.error, "request failed");
+            &self.error
         } else {
             tracing::debug!(status = %self.status, code = self.code, detail = %self.error, "request refused");
             &self.error

@@ -97,7 +97,7 @@ pub async fn create(
     let output = state
         .store
         .temp_file(".opus")
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::io)?
         .into_temp_path();
     let permit = state
         .transcode_slots
@@ -127,7 +127,7 @@ pub async fn create(
 
     // Store and record atomically with respect to other commits.
     let _guard = state.store.commit_lock().await;
-    let stored = state.store.put(output).await.map_err(ApiError::internal)?;
+    let stored = state.store.put(output).await.map_err(ApiError::io)?;
     if stored.sha256 != report.sha256 {
         tracing::warn!(stored = %stored.sha256, reported = %report.sha256, "transcoder digest differs from the stored file's");
     }
@@ -190,7 +190,7 @@ pub async fn create(
 /// Not audio → 415, other faults in the file → 422, our own faults → 500.
 fn transcode_error(e: transcode::TranscodeError) -> ApiError {
     if !e.is_user_error() {
-        return ApiError::internal(format!("transcoding failed: {e}"));
+        return ApiError::io(e);
     }
     tracing::info!(error = %e, "upload refused by the transcoder");
     let status = match e {
@@ -269,7 +269,7 @@ async fn stream_to_temp(
     let (file, path) = state
         .store
         .temp_file(".upload")
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::io)?
         .into_parts();
     let mut file = tokio::fs::File::from_std(file);
     let mut written = 0u64;
@@ -279,9 +279,9 @@ async fn stream_to_temp(
             tracing::info!(limit, "upload refused: larger than the limit");
             return Err(ApiError::too_large(limit));
         }
-        file.write_all(&chunk).await.map_err(ApiError::internal)?;
+        file.write_all(&chunk).await.map_err(ApiError::io)?;
     }
-    file.flush().await.map_err(ApiError::internal)?;
+    file.flush().await.map_err(ApiError::io)?;
     Ok((path, written, original_name))
 }
 
