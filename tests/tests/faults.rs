@@ -602,6 +602,93 @@ fn controller_killed_right_after_scheduling() -> Result<()> {
     })
 }
 
+#[test]
+fn controller_killed_during_a_live_broadcast() -> Result<()> {
+    run("fault_controller_kill_live", async |mut art| {
+        let mut site = Site::start(
+            &art,
+            SiteOptions {
+                receivers: vec!["loa-1", "loa-2"],
+                ..Default::default()
+            },
+        )
+        .await?;
+        let programme = site.upload().await?;
+        let id = start_broadcast(
+            &site.api,
+            &zone_broadcast(
+                json!({"type": "programme", "id": programme.id}),
+                "emergency",
+            ),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        site.controller.kill9()?;
+        let killed = Instant::now();
+        // Each receiver gives the loudspeaker back on its own.
+        let logs: Vec<PathBuf> = site.receivers.iter().map(|r| r.log.clone()).collect();
+        wait::until(
+            "both receivers to end the broadcast",
+            Duration::from_secs(10),
+            async || {
+                Ok(logs
+                    .iter()
+                    .all(|log| {
+                        live_summary_from_log(log).is_some_and(|s| s.get("broadcast") == Some(&id))
+                    })
+                    .then_some(()))
+            },
+        )
+        .await?;
+        let ended_after = killed.elapsed();
+        let ends: Vec<String> = logs
+            .iter()
+            .filter_map(|log| live_summary_from_log(log))
+            .map(|s| format!("end={} played={}", s["end"], s["played"]))
+            .collect();
+        art.figure(format!(
+            "controller SIGKILLed 3 s into an emergency broadcast; both receivers off air {:.1} s later ({})",
+            ended_after.as_secs_f64(),
+            ends.join(", ")
+        ));
+        site.controller.restart().await?;
+        site.api = site.controller.admin_api().await?;
+        let b = site
+            .api
+            .ok(
+                reqwest::Method::GET,
+                &format!("/api/v1/broadcasts/{id}"),
+                None,
+            )
+            .await?;
+        let on_air = loa_e2e::api::list(
+            site.api
+                .ok(reqwest::Method::GET, "/api/v1/broadcasts", None)
+                .await?,
+        )?;
+        art.figure(format!(
+            "after the restart: broadcast on_air {}, end_reason {}; broadcasts listed on air: {}",
+            b["on_air"],
+            b["end_reason"],
+            on_air.len()
+        ));
+        ensure!(
+            b["on_air"] == json!(false) && on_air.is_empty(),
+            "a broadcast cut by the crash is still shown on air: {b}"
+        );
+        // The fleet obeys the restarted controller: a scheduled play.
+        let instant = site.schedule_in(&programme, 8).await?;
+        let rows = site
+            .expect_played(&mut art, &programme, instant, Duration::from_secs(30))
+            .await?;
+        art.figure(format!(
+            "a play scheduled after the restart: {} rows, missed 0",
+            rows.len()
+        ));
+        Ok(())
+    })
+}
+
 // ---------------------------------------------------------------------------
 // Receiver crashes and its disk
 
