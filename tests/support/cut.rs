@@ -1,6 +1,12 @@
 //! A TCP link between a receiver and the controller (its broker or its HTTP
-//! API) that a test can cut and restore, and slow down: the "network" of
-//! the fault suite, on 127.0.0.1 only.
+//! API) that a test can cut and restore, slow down and impair: the
+//! "network" of the fault suite, on 127.0.0.1 only.
+//!
+//! Impairment is emulated in user space (this machine's kernel has no
+//! `sch_netem`): every chunk is delivered after a delay drawn from
+//! `delay ± jitter`, and a fraction of chunks is held a retransmission
+//! timeout longer, as TCP does when a segment is lost — in order, as TCP
+//! delivers.
 //!
 //! While cut, every open connection is closed (both ends see the TCP
 //! connection drop, as after a 4G outage long enough for keep-alives to
@@ -36,12 +42,31 @@ struct Shared {
     connections: AtomicU64,
     /// Connections refused while cut.
     refused: AtomicU64,
+    /// Current impairment.
+    impairment: std::sync::Mutex<Impairment>,
+    /// Generator state for the impairment (xorshift64).
+    rng: AtomicU64,
+}
+
+/// Delay, jitter and loss of a link, applied to both directions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Impairment {
+    /// Mean one-way delay.
+    pub delay: Duration,
+    /// Delays are uniform in `delay ± jitter`.
+    pub jitter: Duration,
+    /// Fraction of chunks "lost" once: held one retransmission timeout more.
+    pub loss: f64,
+    /// The retransmission timeout a lost chunk costs.
+    pub rto: Duration,
 }
 
 /// A cuttable TCP proxy in front of `upstream`.
 pub struct CutLink {
     /// Port clients connect to.
     pub port: u16,
+    /// Address clients connect to.
+    pub addr: SocketAddr,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -49,10 +74,20 @@ pub struct CutLink {
 impl CutLink {
     /// Starts the proxy in front of `upstream`, passing traffic.
     pub fn start(upstream: SocketAddr) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("bind the cut link")?;
+        Self::start_on(std::net::IpAddr::from([127, 0, 0, 1]), upstream)
+    }
+
+    /// Like [`start`](Self::start), listening on `ip` (e.g. the host end
+    /// of a test's veth pair) instead of 127.0.0.1.
+    pub fn start_on(ip: std::net::IpAddr, upstream: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind((ip, 0)).context("bind the cut link")?;
         listener.set_nonblocking(true)?;
-        let port = listener.local_addr()?.port();
-        let shared = Arc::new(Shared::default());
+        let addr = listener.local_addr()?;
+        let port = addr.port();
+        let shared = Arc::new(Shared {
+            rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            ..Shared::default()
+        });
         let acceptor = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -61,19 +96,20 @@ impl CutLink {
         };
         Ok(CutLink {
             port,
+            addr,
             shared,
             acceptor: Some(acceptor),
         })
     }
 
-    /// `mqtt://127.0.0.1:PORT`.
+    /// `mqtt://IP:PORT`.
     pub fn mqtt_url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        format!("mqtt://{}", self.addr)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://IP:PORT`.
     pub fn http_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.addr)
     }
 
     /// Cuts the link: open connections close, new ones are refused.
@@ -90,6 +126,13 @@ impl CutLink {
     /// Limits upstream → client traffic to `bytes_per_sec` (0: unlimited).
     pub fn set_rate(&self, bytes_per_sec: u64) {
         self.shared.rate.store(bytes_per_sec, Ordering::SeqCst);
+    }
+
+    /// Impairs the link from now on (both directions); `Impairment::default()` clears it.
+    pub fn impair(&self, impairment: Impairment) {
+        if let Ok(mut i) = self.shared.impairment.lock() {
+            *i = impairment;
+        }
     }
 
     /// (connections passed, connections refused while cut).
@@ -152,12 +195,50 @@ fn connect_pair(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) ->
     Ok(())
 }
 
-/// Copies `from` → `to` until either end closes or the link is cut.
-fn pipe(mut from: TcpStream, mut to: TcpStream, shared: &Shared, generation: u64, paced: bool) {
+/// Copies `from` → `to` until either end closes or the link is cut: a
+/// reader that stamps each chunk with its delivery time, and a writer that
+/// delivers chunks in order when due.
+fn pipe(
+    mut from: TcpStream,
+    to: TcpStream,
+    shared: &Arc<Shared>,
+    generation: u64,
+    paced: bool,
+) {
     let _ = from.set_read_timeout(Some(POLL));
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    let writer = {
+        let shared = shared.clone();
+        let mut to = to.try_clone();
+        std::thread::spawn(move || {
+            let Ok(to) = to.as_mut() else { return };
+            let started = Instant::now();
+            let mut sent = 0u64;
+            for (due, chunk) in rx {
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let rate = shared.rate.load(Ordering::SeqCst);
+                if paced && rate > 0 {
+                    // Hold the bytes back until the average rate allows them.
+                    let due =
+                        Duration::from_secs_f64((sent + chunk.len() as u64) as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                if shared.generation.load(Ordering::SeqCst) != generation
+                    || to.write_all(&chunk).is_err()
+                {
+                    break;
+                }
+                sent += chunk.len() as u64;
+            }
+            let _ = to.shutdown(Shutdown::Both);
+        })
+    };
     let mut buf = [0u8; 4096];
-    let started = Instant::now();
-    let mut sent = 0u64;
+    let mut last_due = Instant::now();
     loop {
         if shared.generation.load(Ordering::SeqCst) != generation {
             break;
@@ -168,22 +249,45 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, shared: &Shared, generation: u64
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
             Err(_) => break,
         };
-        if shared.generation.load(Ordering::SeqCst) != generation {
+        let due = (Instant::now() + shared.chunk_delay()).max(last_due);
+        last_due = due;
+        if tx.send((due, buf[..n].to_vec())).is_err() {
             break;
         }
-        let rate = shared.rate.load(Ordering::SeqCst);
-        if paced && rate > 0 {
-            // Hold the bytes back until the average rate allows them.
-            let due = Duration::from_secs_f64((sent + n as u64) as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-        sent += n as u64;
     }
+    drop(tx);
+    if shared.generation.load(Ordering::SeqCst) != generation {
+        let _ = to.shutdown(Shutdown::Both);
+    }
+    let _ = writer.join();
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+}
+
+impl Shared {
+    /// The delay of the next chunk under the current impairment.
+    fn chunk_delay(&self) -> Duration {
+        let Ok(i) = self.impairment.lock().map(|i| *i) else {
+            return Duration::ZERO;
+        };
+        if i.delay.is_zero() && i.jitter.is_zero() && i.loss <= 0.0 {
+            return Duration::ZERO;
+        }
+        let jitter = (self.next_unit() * 2.0 - 1.0) * i.jitter.as_secs_f64();
+        let mut delay = (i.delay.as_secs_f64() + jitter).max(0.0);
+        if self.next_unit() < i.loss {
+            delay += i.rto.as_secs_f64();
+        }
+        Duration::from_secs_f64(delay)
+    }
+
+    /// A uniform number in [0, 1).
+    fn next_unit(&self) -> f64 {
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.store(x, Ordering::Relaxed);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
 }

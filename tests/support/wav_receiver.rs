@@ -25,6 +25,8 @@ pub struct WavReceiver {
     /// Binary and `run` arguments, kept for restarts.
     bin: PathBuf,
     args: Vec<String>,
+    /// Network namespace it runs in (`ip netns exec`), if any.
+    netns: Option<String>,
     /// The process; `None` after [`kill9`](Self::kill9).
     process: Option<ChildProcess>,
 }
@@ -41,11 +43,12 @@ impl WavReceiver {
         broker: &str,
         extra: &[&str],
     ) -> Result<Self> {
-        Self::start_in(bins, art, id, token, controller, broker, None, extra)
+        Self::start_in(bins, art, id, token, controller, broker, None, None, extra)
     }
 
     /// Like [`start`](Self::start) with the cache in `cache` (e.g. a small
-    /// tmpfs) instead of the artifact directory.
+    /// tmpfs) instead of the artifact directory, and inside network
+    /// namespace `netns` if given.
     #[allow(clippy::too_many_arguments)]
     pub fn start_in(
         bins: &Binaries,
@@ -55,6 +58,7 @@ impl WavReceiver {
         controller: &str,
         broker: &str,
         cache: Option<PathBuf>,
+        netns: Option<String>,
         extra: &[&str],
     ) -> Result<Self> {
         let root = art.subdir(id)?;
@@ -86,6 +90,7 @@ impl WavReceiver {
             log: art.path(&format!("{id}.log")),
             bin: bins.receiver.clone(),
             args,
+            netns,
             process: None,
         };
         receiver.spawn()?;
@@ -93,7 +98,14 @@ impl WavReceiver {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.args(&self.args)
             .env(
                 "RUST_LOG",
