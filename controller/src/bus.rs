@@ -16,6 +16,12 @@
 //!   must be a Loa receiver topic, the payload must decode within
 //!   [`MAX_PAYLOAD_BYTES`], and the receiver id inside must match the one in
 //!   the topic. Anything else is logged at `warn` and dropped.
+//! - Every message published to receivers ([`Bus::publish`] and the
+//!   helpers built on it) goes out in a signed envelope made by the
+//!   controller's [`Signer`] (see [`loa_protocol::signed`]); sequence
+//!   numbers are assigned and queued in order under one lock, so a receiver
+//!   never sees a topic's sequence go back. Live frames are signed by their
+//!   publisher with [`Bus::signer`]'s key.
 //! - When the last [`Bus`] clone is dropped the task disconnects cleanly
 //!   (flushing what is queued) and ends; [`BusEvents::recv`] then returns `None`.
 //!
@@ -38,8 +44,10 @@ use loa_protocol::live::clock_request_filter;
 use loa_protocol::topics::{ReceiverTopic, parse_receiver_topic};
 use loa_protocol::{MAX_PAYLOAD_BYTES, PlayReport, ReceiverSchedule, ReceiverStatus, ReportAck};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, SubscribeReasonCode};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::signing::{Signer, SigningError};
 
 /// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -68,6 +76,10 @@ pub enum BusError {
     /// send queue is full. The frame is dropped.
     #[error("the MQTT link is down or its send queue is full; live frame dropped")]
     NotSent,
+    /// The message could not be signed (not UTF-8 text, or the sequence
+    /// could not be reserved on disk).
+    #[error("cannot sign the message: {0}")]
+    Signing(#[from] SigningError),
 }
 
 /// What a connection is for.
@@ -118,6 +130,11 @@ pub struct Bus {
     client: AsyncClient,
     /// Latest connection state published by the task.
     state: watch::Receiver<LinkState>,
+    /// Signs what is published to receivers.
+    signer: Arc<Signer>,
+    /// Held from sequence assignment to queueing, so sequence numbers go
+    /// out in order.
+    order: Arc<Mutex<()>>,
     /// Cancels the connection task when the last handle goes away.
     _alive: Arc<DropGuard>,
 }
@@ -144,12 +161,17 @@ impl BusEvents {
 impl Bus {
     /// Starts connecting to `broker_url` (`mqtt://HOST[:PORT]`, port 1883
     /// by default) as `client_id` and subscribes to every receiver's status
-    /// and plays topics. Returns at once; see the module docs.
+    /// and plays topics. Returns at once; see the module docs. What it
+    /// publishes is signed by `signer`.
     ///
     /// Must be called within a tokio runtime.
-    pub async fn connect(broker_url: &str, client_id: &str) -> Result<(Bus, BusEvents), BusError> {
+    pub async fn connect(
+        broker_url: &str,
+        client_id: &str,
+        signer: Arc<Signer>,
+    ) -> Result<(Bus, BusEvents), BusError> {
         let (events_tx, rx) = mpsc::channel(1024);
-        let bus = Self::start(broker_url, client_id, Role::Main, Some(events_tx))?;
+        let bus = Self::start(broker_url, client_id, signer, Role::Main, Some(events_tx))?;
         Ok((bus, BusEvents { rx }))
     }
 
@@ -157,13 +179,18 @@ impl Bus {
     /// `TCP_NODELAY` that answers receivers' clock requests itself and
     /// carries live frames ([`Bus::publish_frame`]). Returns at once, like
     /// [`Bus::connect`]. `client_id` must differ from the main link's.
-    pub async fn connect_live(broker_url: &str, client_id: &str) -> Result<Bus, BusError> {
-        Self::start(broker_url, client_id, Role::Live, None)
+    pub async fn connect_live(
+        broker_url: &str,
+        client_id: &str,
+        signer: Arc<Signer>,
+    ) -> Result<Bus, BusError> {
+        Self::start(broker_url, client_id, signer, Role::Live, None)
     }
 
     fn start(
         broker_url: &str,
         client_id: &str,
+        signer: Arc<Signer>,
         role: Role,
         events: Option<mpsc::Sender<BusEvent>>,
     ) -> Result<Bus, BusError> {
@@ -200,6 +227,8 @@ impl Bus {
         Ok(Bus {
             client,
             state,
+            signer,
+            order: Arc::new(Mutex::new(())),
             _alive: Arc::new(stop.drop_guard()),
         })
     }
@@ -218,8 +247,14 @@ impl Bus {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Publishes `payload` on `topic` (QoS 1 unless it is to be lost
-    /// cheaply). Returns once queued; delivery follows when connected.
+    /// The controller's signer (live publishers sign frames with its key).
+    pub fn signer(&self) -> &Arc<Signer> {
+        &self.signer
+    }
+
+    /// Publishes `payload` (a JSON message) on `topic` in a signed envelope
+    /// (QoS 1 unless it is to be lost cheaply). Returns once queued;
+    /// delivery follows when connected.
     pub async fn publish(
         &self,
         topic: String,
@@ -227,6 +262,11 @@ impl Bus {
         qos: QoS,
         retain: bool,
     ) -> Result<(), BusError> {
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(BusError::TooLarge(payload.len()));
+        }
+        let _in_order = self.order.lock().await;
+        let payload = self.signer.seal(&topic, &payload)?;
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(BusError::TooLarge(payload.len()));
         }
@@ -270,6 +310,38 @@ impl Bus {
         let topic = ReceiverTopic::Acks.for_receiver(receiver_id);
         self.publish(topic, loa_protocol::encode(ack), QoS::AtLeastOnce, false)
             .await
+    }
+
+    /// Publishes a receiver's output settings retained with QoS 1, so the
+    /// receiver gets the latest whenever it (re)connects.
+    pub async fn publish_retained_settings(
+        &self,
+        settings: &loa_protocol::ReceiverSettings,
+    ) -> Result<(), BusError> {
+        let topic = ReceiverTopic::Settings.for_receiver(&settings.receiver_id);
+        self.publish(
+            topic,
+            loa_protocol::encode(settings),
+            QoS::AtLeastOnce,
+            true,
+        )
+        .await
+    }
+
+    /// Sends a receiver a one-off command (QoS 1, not retained).
+    pub async fn publish_command(
+        &self,
+        receiver_id: &str,
+        command: &loa_protocol::ReceiverCommand,
+    ) -> Result<(), BusError> {
+        let topic = ReceiverTopic::Commands.for_receiver(receiver_id);
+        self.publish(
+            topic,
+            loa_protocol::encode(command),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await
     }
 }
 
@@ -495,7 +567,10 @@ fn validate(publish: &rumqttc::Publish) -> Option<BusEvent> {
                 return None;
             }
         },
-        ReceiverTopic::Schedule | ReceiverTopic::Acks => {
+        ReceiverTopic::Schedule
+        | ReceiverTopic::Acks
+        | ReceiverTopic::Settings
+        | ReceiverTopic::Commands => {
             tracing::warn!(
                 topic,
                 "dropping MQTT message on a controller-to-receiver topic"

@@ -16,6 +16,15 @@
 //! - a schedule is refreshed at least every half horizon so its
 //!   `horizon_end` never lapses.
 //!
+//! Receiver output settings (the volume set from the console) go out the
+//! same way: retained, versioned ([`loa_protocol::ReceiverSettings`]), at
+//! each pass for the receivers whose settings changed
+//! ([`Distributor::settings_changed`]) and for every receiver the pass is
+//! forced for (at start, on reconnection, when a receiver comes online).
+//! Receivers whose volume was never set get none and keep their `--volume`.
+//! One-off commands (a test tone) are published at once
+//! ([`Distributor::send_command`]).
+//!
 //! Versions only grow: `max(previous + 1, now in unix ms)`, stored per
 //! receiver. Receivers without events get an empty schedule, so deleting a
 //! schedule clears it on the receiver. A schedule row that cannot be read or
@@ -71,6 +80,10 @@ struct Shared {
     republish_all: AtomicBool,
     /// Receivers whose schedule must be republished, changed or not.
     online: Mutex<HashSet<String>>,
+    /// Receivers whose settings changed since the last pass.
+    settings: Mutex<HashSet<String>>,
+    /// The bus, for commands (`None` in a handle nobody listens to).
+    bus: Option<Bus>,
 }
 
 impl Distributor {
@@ -83,7 +96,12 @@ impl Distributor {
         horizon: chrono::Duration,
         shutdown: CancellationToken,
     ) -> Distributor {
-        let distributor = Distributor::default();
+        let distributor = Distributor {
+            shared: Arc::new(Shared {
+                bus: Some(bus.clone()),
+                ..Shared::default()
+            }),
+        };
         distributor
             .shared
             .republish_all
@@ -102,6 +120,29 @@ impl Distributor {
     /// Asks for a recomputation soon (schedules, receivers or programmes changed).
     pub fn schedules_changed(&self) {
         self.shared.wake.notify_one();
+    }
+
+    /// A receiver's settings changed: they are published at the next pass.
+    pub fn settings_changed(&self, receiver_id: &str) {
+        self.shared
+            .settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(receiver_id.to_string());
+        self.shared.wake.notify_one();
+    }
+
+    /// Publishes a one-off command to a receiver (QoS 1, not retained).
+    /// [`BusError::Closed`] when there is no bus (a handle for tests).
+    pub async fn send_command(
+        &self,
+        receiver_id: &str,
+        command: &loa_protocol::ReceiverCommand,
+    ) -> Result<(), BusError> {
+        match &self.shared.bus {
+            Some(bus) => bus.publish_command(receiver_id, command).await,
+            None => Err(BusError::Closed),
+        }
     }
 
     /// A receiver came online (or reports an old schedule version): its
@@ -167,6 +208,7 @@ impl Task {
         refresh.tick().await; // the first tick is immediate; the first pass runs anyway
         loop {
             let force = self.take_force();
+            self.publish_settings(&force).await;
             let pass = run_pass(&self.db, &self.bus, self.horizon, Utc::now(), &force);
             let result = tokio::select! {
                 result = pass => result,
@@ -208,6 +250,62 @@ impl Task {
             }
         }
         tracing::debug!("distribution task stopped");
+    }
+
+    /// Publishes the settings of receivers whose settings changed, and of
+    /// those `force` includes, if their volume was ever set; failures are
+    /// kept for the next pass.
+    async fn publish_settings(&self, force: &Force) {
+        let changed = std::mem::take(
+            &mut *self
+                .shared
+                .settings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let rows: Result<Vec<(String, i64, i64)>, sqlx::Error> = sqlx::query_as(
+            "SELECT id, volume, settings_version FROM receivers WHERE volume IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&self.db)
+        .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::error!(%error, "cannot read receiver settings");
+                self.requeue_settings(changed);
+                return;
+            }
+        };
+        let mut failed = HashSet::new();
+        for (id, volume, version) in rows {
+            if !changed.contains(&id) && !force.includes(&id) {
+                continue;
+            }
+            let settings = loa_protocol::ReceiverSettings {
+                receiver_id: id.clone(),
+                version: version.max(0) as u64,
+                volume: volume.clamp(0, 100) as u8,
+                emergency_volume: None,
+            };
+            match self.bus.publish_retained_settings(&settings).await {
+                Ok(()) => tracing::debug!(receiver = %id, volume, version, "settings published"),
+                Err(error) => {
+                    tracing::error!(receiver = %id, %error, "cannot publish receiver settings");
+                    failed.insert(id);
+                }
+            }
+        }
+        self.requeue_settings(failed);
+    }
+
+    fn requeue_settings(&self, ids: HashSet<String>) {
+        if !ids.is_empty() {
+            self.shared
+                .settings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(ids);
+        }
     }
 
     /// Takes (and clears) what was forced since the last pass.

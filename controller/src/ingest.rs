@@ -2,7 +2,8 @@
 //!
 //! - A status (heartbeat, or the last will the broker publishes for a
 //!   receiver that vanished) updates the receiver's `online`, `last_seen`,
-//!   `now_playing`, `cached` and `schedule_version`. When a receiver comes
+//!   `now_playing`, `cached`, `schedule_version`, `amplifier_on` and the
+//!   volume it reports (`reported_volume`). When a receiver comes
 //!   online, or reports a schedule version older than the one published a
 //!   while ago, the [`Distributor`] republishes its schedule.
 //! - A play report is inserted into `plays` once per `report_id` (a re-sent
@@ -160,10 +161,13 @@ impl Ingest {
         if !status.online {
             // A last will carries no real state, so keep `cached` and the
             // schedule version; `last_seen` stays when it was last heard.
-            sqlx::query("UPDATE receivers SET online = FALSE, now_playing = NULL WHERE id = $1")
-                .bind(id)
-                .execute(&self.db)
-                .await?;
+            sqlx::query(
+                "UPDATE receivers SET online = FALSE, now_playing = NULL, amplifier_on = NULL
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&self.db)
+            .await?;
             self.heartbeats.remove(id);
             if was_online {
                 tracing::info!(receiver = id, "receiver offline");
@@ -184,7 +188,8 @@ impl Ingest {
         let schedule_version = status.schedule_version.and_then(|v| i64::try_from(v).ok());
         sqlx::query(
             "UPDATE receivers SET online = TRUE, last_seen = MAX(COALESCE(last_seen, 0), $2),
-                 now_playing = $3, cached = $4, schedule_version = $5
+                 now_playing = $3, cached = $4, schedule_version = $5,
+                 amplifier_on = $6, reported_volume = $7
              WHERE id = $1",
         )
         .bind(id)
@@ -192,8 +197,13 @@ impl Ingest {
         .bind(now_playing)
         .bind(cached)
         .bind(schedule_version)
+        .bind(status.amplifier_on)
+        .bind(status.volume.map(i64::from))
         .execute(&self.db)
         .await?;
+        if !status.rejected.is_empty() {
+            crate::rejections::store(&self.db, id, &status.rejected).await?;
+        }
         let heartbeat = status.heartbeat_secs.unwrap_or(DEFAULT_HEARTBEAT_SECS);
         self.heartbeats.insert(id.to_string(), heartbeat);
 

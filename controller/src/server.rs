@@ -1,5 +1,5 @@
 //! Wires the controller together and runs it until shutdown:
-//! database and first user → audio store → MQTT broker (embedded or
+//! database and first user → audio store → signing key → MQTT broker (embedded or
 //! external) → bus and live link → distributor, ingest and live hub (with
 //! its relay schedule timer) → HTTP API. On shutdown the HTTP server drains
 //! in-flight requests, broadcasts on air end (sending their `End` frames),
@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,6 +23,7 @@ use crate::db::{self, AdminBootstrap};
 use crate::distribution::Distributor;
 use crate::ingest;
 use crate::live::LiveHub;
+use crate::signing::Signer;
 use crate::state::AppState;
 use crate::store::AudioStore;
 
@@ -74,12 +76,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (db, store) = open_storage(&config).await?;
 
+    let signer = Arc::new(Signer::open(&config.data_dir).context("opening the signing key")?);
     let (_broker, broker_url) = start_broker(&config.mqtt)?;
-    let (bus, events) = Bus::connect(&broker_url, MQTT_CLIENT_ID)
+    let (bus, events) = Bus::connect(&broker_url, MQTT_CLIENT_ID, signer.clone())
         .await
         .with_context(|| format!("connecting to the MQTT broker {broker_url}"))?;
 
-    let live_bus = Bus::connect_live(&broker_url, MQTT_LIVE_CLIENT_ID)
+    let live_bus = Bus::connect_live(&broker_url, MQTT_LIVE_CLIENT_ID, signer.clone())
         .await
         .with_context(|| format!("connecting the live link to the MQTT broker {broker_url}"))?;
 
@@ -104,7 +107,8 @@ pub async fn run(
     .await
     .context("starting live broadcasts")?;
     let state = AppState::new(db.clone(), store, distributor, config.max_upload_bytes)
-        .with_live(live.clone());
+        .with_live(live.clone())
+        .with_controller_key(signer.public_key());
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("binding the HTTP address {}", config.http))?;

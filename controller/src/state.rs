@@ -30,6 +30,9 @@ pub struct AppState {
     /// Live broadcasts; disabled (refusing to start any) unless set with
     /// [`AppState::with_live`].
     pub live: LiveHub,
+    /// The public half of the controller's signing key, served to
+    /// receivers; `None` until set with [`AppState::with_controller_key`].
+    pub controller_key: Option<loa_protocol::signed::VerifyingKey>,
 }
 
 impl AppState {
@@ -51,12 +54,19 @@ impl AppState {
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
             live: LiveHub::disabled(),
+            controller_key: None,
         }
     }
 
     /// The same state with live broadcasting through `live`.
     pub fn with_live(mut self, live: LiveHub) -> Self {
         self.live = live;
+        self
+    }
+
+    /// The same state serving `key` at `GET /api/v1/controller-key`.
+    pub fn with_controller_key(mut self, key: loa_protocol::signed::VerifyingKey) -> Self {
+        self.controller_key = Some(key);
         self
     }
 }

@@ -865,7 +865,7 @@ async fn schedule_for(client: &mut mqtt_common::TestClient, receiver: &str) -> R
         .next_on(&topic, Duration::from_secs(10))
         .await
         .expect("a schedule is published");
-    loa_protocol::decode(&publish.payload).expect("schedule decodes")
+    mqtt_common::open(&publish)
 }
 
 #[tokio::test]
@@ -905,7 +905,9 @@ async fn only_approved_schedules_of_approved_programmes_reach_receivers() {
         .subscribe(&ReceiverTopic::Schedule.for_receiver("r1"))
         .await;
     let shutdown = CancellationToken::new();
-    let (bus, _events) = Bus::connect(&url, "ctl-approval").await.unwrap();
+    let (bus, _events) = Bus::connect(&url, "ctl-approval", mqtt_common::signer())
+        .await
+        .unwrap();
     let distributor =
         Distributor::spawn(db.clone(), bus, chrono::Duration::days(7), shutdown.clone());
 

@@ -7,7 +7,7 @@ mod live_common;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use live_common::{LiveTest, WAIT, unique};
+use live_common::{LiveTest, WAIT, open, signer, unique};
 use loa_controller::bus::Bus;
 use loa_controller::distribution::Distributor;
 use loa_protocol::topics::ReceiverTopic;
@@ -20,7 +20,9 @@ use serde_json::json;
 async fn interruptions_are_stored_and_reported() {
     let t = LiveTest::start().await;
     t.receiver("thon-1", "loa-1").await;
-    let (bus, events) = Bus::connect(&t.broker_url, &unique("ctl")).await.unwrap();
+    let (bus, events) = Bus::connect(&t.broker_url, &unique("ctl"), signer())
+        .await
+        .unwrap();
     assert!(bus.wait_ready(WAIT).await);
     let _ingest = loa_controller::ingest::spawn(
         t.db.clone(),
@@ -98,7 +100,7 @@ async fn interruptions_are_stored_and_reported() {
             .await
             .expect("ack")
             .unwrap();
-        let ack: ReportAck = serde_json::from_slice(&p.payload).unwrap();
+        let ack: ReportAck = open(&p);
         acked.extend(ack.report_ids);
     }
 

@@ -10,7 +10,7 @@ use loa_controller::broker::EmbeddedBroker;
 use loa_controller::bus::{Bus, BusError};
 use loa_protocol::MAX_PAYLOAD_BYTES;
 use loa_protocol::topics::ReceiverTopic;
-use mqtt_common::{TestClient, WAIT, free_port, scenarios};
+use mqtt_common::{TestClient, WAIT, free_port, open, scenarios, signer};
 use rumqttc::QoS;
 
 fn broker() -> EmbeddedBroker {
@@ -39,13 +39,18 @@ async fn reports_sent_while_the_controller_is_away_arrive_on_reconnect() {
 async fn payloads_up_to_the_protocol_limit_pass_and_larger_are_refused() {
     let broker = broker();
     let url = broker.url();
-    let (bus, _events) = Bus::connect(&url, "ctl-large").await.unwrap();
+    let (bus, _events) = Bus::connect(&url, "ctl-large", signer()).await.unwrap();
     assert!(bus.wait_ready(WAIT).await);
     let topic = ReceiverTopic::Schedule.for_receiver("big");
     let mut client = TestClient::connect(&url, "big", None).await;
     client.subscribe(&topic).await;
 
-    let payload: Vec<u8> = (0..MAX_PAYLOAD_BYTES).map(|i| (i % 251) as u8).collect();
+    // A JSON message just under the limit once signed (the envelope adds
+    // a few hundred bytes) is delivered intact.
+    let text: String = (0..MAX_PAYLOAD_BYTES - 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let payload = serde_json::to_vec(&text).unwrap();
     bus.publish(topic.clone(), payload.clone(), QoS::AtLeastOnce, false)
         .await
         .unwrap();
@@ -53,24 +58,40 @@ async fn payloads_up_to_the_protocol_limit_pass_and_larger_are_refused() {
         .next_on(&topic, WAIT)
         .await
         .expect("4 MiB payload delivered");
-    assert!(got.payload == payload, "payload intact");
+    assert_eq!(open::<String>(&got), text, "payload intact");
 
-    let too_big = vec![0u8; MAX_PAYLOAD_BYTES + 1];
+    let too_big = vec![b' '; MAX_PAYLOAD_BYTES + 1];
     let err = bus
-        .publish(topic, too_big, QoS::AtLeastOnce, false)
+        .publish(topic.clone(), too_big, QoS::AtLeastOnce, false)
         .await
         .unwrap_err();
     assert!(
         matches!(err, BusError::TooLarge(n) if n == MAX_PAYLOAD_BYTES + 1),
         "{err}"
     );
+    // At the limit itself, the signed envelope would exceed it.
+    let at_limit = vec![b' '; MAX_PAYLOAD_BYTES];
+    let err = bus
+        .publish(topic.clone(), at_limit, QoS::AtLeastOnce, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BusError::TooLarge(n) if n > MAX_PAYLOAD_BYTES),
+        "{err}"
+    );
+    // Only text can be signed.
+    let err = bus
+        .publish(topic, vec![0xff, 0xfe], QoS::AtLeastOnce, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BusError::Signing(_)), "{err}");
 }
 
 #[tokio::test]
 async fn the_bus_waits_for_a_broker_that_starts_later() {
     let port = free_port();
     let url = format!("mqtt://127.0.0.1:{port}");
-    let (bus, _events) = Bus::connect(&url, "ctl-early")
+    let (bus, _events) = Bus::connect(&url, "ctl-early", signer())
         .await
         .expect("connect returns without a broker");
     assert!(!bus.is_ready());
@@ -97,7 +118,10 @@ async fn the_bus_waits_for_a_broker_that_starts_later() {
         .next_on(&schedule_topic, WAIT)
         .await
         .expect("queued retained publish delivered");
-    assert_eq!(&got.payload[..], b"{\"queued\":true}");
+    assert_eq!(
+        open::<serde_json::Value>(&got),
+        serde_json::json!({"queued": true})
+    );
 }
 
 #[tokio::test]
@@ -105,7 +129,7 @@ async fn bad_broker_urls_are_refused() {
     for url in ["http://127.0.0.1:1883", "127.0.0.1:1883", "mqtts://h:8883"] {
         assert!(
             matches!(
-                Bus::connect(url, "x").await,
+                Bus::connect(url, "x", signer()).await,
                 Err(BusError::InvalidUrl { .. })
             ),
             "{url}"

@@ -33,7 +33,7 @@ async fn next_schedule(
 ) -> Option<ReceiverSchedule> {
     let topic = ReceiverTopic::Schedule.for_receiver(receiver);
     let publish = client.next_on(&topic, timeout).await?;
-    Some(loa_protocol::decode(&publish.payload).expect("schedule decodes"))
+    Some(open(&publish))
 }
 
 async fn subscribed(url: &str, receiver: &str) -> TestClient {
@@ -125,7 +125,9 @@ async fn receivers_get_their_events_and_deletions_clear_them() {
     let [mut c1, mut c2, mut c3, mut c4] = clients.try_into().ok().unwrap();
 
     let shutdown = CancellationToken::new();
-    let (bus, _events) = Bus::connect(&url, "ctl-distribution").await.unwrap();
+    let (bus, _events) = Bus::connect(&url, "ctl-distribution", signer())
+        .await
+        .unwrap();
     let distributor = Distributor::spawn(
         db.clone(),
         bus.clone(),
@@ -275,7 +277,9 @@ async fn a_pass_reports_bad_schedules_and_skips_unchanged_receivers() {
         &[("zone", "z1")],
     )
     .await;
-    let (bus, _events) = Bus::connect(&broker.url(), "ctl-pass").await.unwrap();
+    let (bus, _events) = Bus::connect(&broker.url(), "ctl-pass", signer())
+        .await
+        .unwrap();
     let horizon = chrono::Duration::days(7);
     use loa_controller::distribution::{Force, run_pass};
 

@@ -35,7 +35,7 @@ async fn receivers_coming_online_or_lagging_get_their_schedule_again() {
     r1.subscribe(&schedule_topic).await;
 
     let shutdown = CancellationToken::new();
-    let (bus, events) = Bus::connect(&url, "ctl-online").await.unwrap();
+    let (bus, events) = Bus::connect(&url, "ctl-online", signer()).await.unwrap();
     let horizon = chrono::Duration::days(7);
     let distributor = Distributor::spawn(db.clone(), bus.clone(), horizon, shutdown.clone());
     let ingest = loa_controller::ingest::spawn(
@@ -48,7 +48,7 @@ async fn receivers_coming_online_or_lagging_get_their_schedule_again() {
     assert!(bus.wait_ready(WAIT).await);
     let next = async |r1: &mut TestClient, timeout| {
         let p = r1.next_on(&schedule_topic, timeout).await?;
-        Some(loa_protocol::decode::<ReceiverSchedule>(&p.payload).unwrap())
+        Some(open::<ReceiverSchedule>(&p))
     };
     let first = next(&mut r1, WAIT).await.expect("initial schedule");
 
@@ -91,6 +91,109 @@ async fn receivers_coming_online_or_lagging_get_their_schedule_again() {
         .await
         .expect("republished to a lagging receiver");
     assert_eq!(lagging.version, first.version);
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, ingest).await.unwrap().unwrap();
+}
+
+/// Rejections a receiver lists in its statuses are stored once each, newest
+/// kept, and survive a status that lists none (e.g. after its restart).
+#[tokio::test]
+async fn rejections_reported_by_receivers_are_kept() {
+    use loa_controller::bus::Bus;
+    use loa_controller::distribution::Distributor;
+    use loa_protocol::ReceiverStatus;
+    use loa_protocol::signed::Rejection;
+    use loa_protocol::topics::ReceiverTopic;
+    use mqtt_common::*;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = broker.url();
+    let (db, _dir) = database().await;
+    add_zone(&db, "z1").await;
+    add_receiver(&db, "r1", "z1").await;
+    let status_topic = ReceiverTopic::Status.for_receiver("r1");
+    let r1 = TestClient::connect(&url, "r1", None).await;
+    let shutdown = CancellationToken::new();
+    let (bus, events) = Bus::connect(&url, "ctl-rejections", signer())
+        .await
+        .unwrap();
+    let ingest = loa_controller::ingest::spawn(
+        db.clone(),
+        bus.clone(),
+        events,
+        Distributor::default(),
+        shutdown.clone(),
+    );
+    assert!(bus.wait_ready(WAIT).await);
+
+    let stored = async || -> Vec<Rejection> {
+        let json: String =
+            sqlx::query_scalar("SELECT rejected_messages FROM receivers WHERE id = 'r1'")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        serde_json::from_str(&json).unwrap()
+    };
+    let at = chrono::Utc::now();
+    let forged = Rejection {
+        topic: ReceiverTopic::Schedule.for_receiver("r1"),
+        reason: "bad_signature".into(),
+        at,
+    };
+    let mut status = ReceiverStatus::offline("r1");
+    status.online = true;
+    status.rejected = vec![forged.clone()];
+    // Sent twice (two heartbeats), then a status with none.
+    for _ in 0..2 {
+        r1.publish(&status_topic, loa_protocol::encode(&status), true)
+            .await;
+    }
+    status.rejected.clear();
+    r1.publish(&status_topic, loa_protocol::encode(&status), true)
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stored().await.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the later statuses be handled too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stored().await, vec![forged.clone()]);
+
+    let replayed = Rejection {
+        reason: "replayed".into(),
+        at: at + chrono::Duration::seconds(1),
+        ..forged.clone()
+    };
+    status.rejected = vec![forged.clone(), replayed.clone()];
+    r1.publish(&status_topic, loa_protocol::encode(&status), true)
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stored().await.len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored().await, vec![forged, replayed]);
+    // Each new one is in the audit log once.
+    let audited: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT path, object_id, detail FROM audit_log
+         WHERE action = 'receiver.message_rejected' ORDER BY at",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let topic = ReceiverTopic::Schedule.for_receiver("r1");
+    assert_eq!(
+        audited,
+        vec![
+            (
+                topic.clone(),
+                "r1".into(),
+                r#"{"reason":"bad_signature"}"#.into()
+            ),
+            (topic, "r1".into(), r#"{"reason":"replayed"}"#.into()),
+        ]
+    );
     shutdown.cancel();
     tokio::time::timeout(WAIT, ingest).await.unwrap().unwrap();
 }

@@ -4,9 +4,13 @@
 //! crate: MQTT topic names live only in [`topics`], payloads only in
 //! [`messages`]. Payloads are JSON; [`decode`] bounds their size and turns
 //! anything malformed into a typed [`ProtocolError`] instead of a panic.
+//! What the controller sends to receivers is signed: JSON messages inside a
+//! [`signed::Signed`] envelope, live frames with a trailing signature
+//! ([`live::LiveFrame`]).
 
 pub mod live;
 pub mod messages;
+pub mod signed;
 pub mod topics;
 
 pub use loa_schedules::{PlayEvent, Priority};

@@ -19,6 +19,7 @@
 //! (`offset = ((t2 − t1) + (t3 − t4)) / 2`, NTP-style), so all receivers of
 //! a broadcast play the same sample at the same instant.
 
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::Priority;
@@ -33,8 +34,15 @@ pub const MAX_OPUS_BYTES: usize = 1500;
 /// Size of the fixed binary header of a [`LiveFrame`].
 pub const HEADER_BYTES: usize = 40;
 
+/// Size of the Ed25519 signature that ends every [`LiveFrame`].
+pub const SIGNATURE_BYTES: usize = 64;
+
 const MAGIC: &[u8; 4] = b"LOAL";
-const VERSION: u8 = 1;
+/// Version 2: version 1 plus the trailing signature.
+const VERSION: u8 = 2;
+/// Domain label in front of the signed bytes of a frame (distinct from
+/// [`crate::signed`]'s, so neither signature can pass for the other).
+const FRAME_DOMAIN: &[u8] = b"loa/v1 live frame\0";
 
 /// The topic carrying live frames to every receiver of a zone.
 pub fn zone_live_topic(zone_id: &str) -> String {
@@ -85,7 +93,13 @@ pub enum FrameKind {
 /// | 28..36 | capture instant of the first sample, controller clock, Unix µs, big endian |
 /// | 36..38 | playout delay in ms, big endian |
 /// | 38..40 | payload length, big endian |
-/// | 40.. | Opus packet (empty for `End`) |
+/// | 40..40+n | Opus packet (empty for `End`) |
+/// | 40+n..104+n | Ed25519 signature by the controller's key over a domain label, the header and the Opus packet |
+///
+/// One signature per frame, made once by the controller whatever the number
+/// of receivers (the broker does the fan-out); receivers drop frames whose
+/// signature does not verify ([`LiveFrame::decode_verified`]). The topic is
+/// not signed: a frame is the same bytes on every target group's topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveFrame {
     pub kind: FrameKind,
@@ -100,7 +114,7 @@ pub struct LiveFrame {
 /// Why a live frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame of {0} bytes is shorter than its header")]
+    #[error("frame of {0} bytes is shorter than its header and signature")]
     Short(usize),
     #[error("not a Loa live frame (bad magic)")]
     BadMagic,
@@ -114,6 +128,8 @@ pub enum FrameError {
     Length { declared: usize, actual: usize },
     #[error("Opus packet of {0} bytes exceeds {MAX_OPUS_BYTES}")]
     TooLarge(usize),
+    #[error("bad signature (forged or altered frame)")]
+    BadSignature,
 }
 
 impl LiveFrame {
@@ -122,9 +138,17 @@ impl LiveFrame {
         self.capture_us + i64::from(self.playout_delay_ms) * 1000
     }
 
-    /// Serialises the frame for the wire.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_BYTES + self.opus.len());
+    /// Serialises the frame for the wire, signed with the controller's `key`.
+    pub fn encode(&self, key: &SigningKey) -> Vec<u8> {
+        let mut out = self.unsigned_bytes();
+        let signature = key.sign(&framed(&out));
+        out.extend_from_slice(&signature.to_bytes());
+        out
+    }
+
+    /// Header and payload, without the signature.
+    fn unsigned_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_BYTES + self.opus.len() + SIGNATURE_BYTES);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         out.push(self.kind as u8);
@@ -139,9 +163,22 @@ impl LiveFrame {
         out
     }
 
-    /// Parses a frame received from the wire; never panics on any input.
+    /// Parses a frame and checks its signature against the controller's
+    /// `key`; what receivers do with every frame. Never panics.
+    pub fn decode_verified(bytes: &[u8], key: &VerifyingKey) -> Result<Self, FrameError> {
+        let frame = Self::decode(bytes)?;
+        let (signed, signature) = bytes.split_at(bytes.len() - SIGNATURE_BYTES);
+        let signature: [u8; SIGNATURE_BYTES] = signature.try_into().expect("64 bytes");
+        key.verify_strict(&framed(signed), &Signature::from_bytes(&signature))
+            .map_err(|_| FrameError::BadSignature)?;
+        Ok(frame)
+    }
+
+    /// Parses a frame received from the wire without checking its signature
+    /// (for observers and tests; receivers use [`LiveFrame::decode_verified`]).
+    /// Never panics on any input.
     pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
-        if bytes.len() < HEADER_BYTES {
+        if bytes.len() < HEADER_BYTES + SIGNATURE_BYTES {
             return Err(FrameError::Short(bytes.len()));
         }
         if &bytes[0..4] != MAGIC {
@@ -169,7 +206,7 @@ impl LiveFrame {
         let declared = usize::from(u16::from_be_bytes(
             bytes[38..40].try_into().expect("2 bytes"),
         ));
-        let payload = &bytes[HEADER_BYTES..];
+        let payload = &bytes[HEADER_BYTES..bytes.len() - SIGNATURE_BYTES];
         if declared != payload.len() {
             return Err(FrameError::Length {
                 declared,
@@ -189,6 +226,14 @@ impl LiveFrame {
             opus: payload.to_vec(),
         })
     }
+}
+
+/// The bytes a frame's signature covers: the domain label, then header and payload.
+fn framed(unsigned: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_DOMAIN.len() + unsigned.len());
+    out.extend_from_slice(FRAME_DOMAIN);
+    out.extend_from_slice(unsigned);
+    out
 }
 
 fn priority_byte(p: Priority) -> u8 {
@@ -236,31 +281,67 @@ mod tests {
         }
     }
 
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[9; 32])
+    }
+
     #[test]
     fn frames_round_trip() {
         let f = frame();
-        let bytes = f.encode();
-        assert_eq!(bytes.len(), HEADER_BYTES + 4);
+        let bytes = f.encode(&key());
+        assert_eq!(bytes.len(), HEADER_BYTES + 4 + SIGNATURE_BYTES);
         assert_eq!(LiveFrame::decode(&bytes), Ok(f.clone()));
+        assert_eq!(
+            LiveFrame::decode_verified(&bytes, &key().verifying_key()),
+            Ok(f.clone())
+        );
         assert_eq!(f.playout_us(), 1_795_000_000_243_456);
         let end = LiveFrame {
             kind: FrameKind::End,
             opus: Vec::new(),
             ..f
         };
-        assert_eq!(LiveFrame::decode(&end.encode()), Ok(end));
+        let public = key().verifying_key();
+        assert_eq!(
+            LiveFrame::decode_verified(&end.encode(&key()), &public),
+            Ok(end)
+        );
+    }
+
+    #[test]
+    fn forged_and_altered_frames_fail_verification() {
+        let public = key().verifying_key();
+        let forged = frame().encode(&SigningKey::from_bytes(&[1; 32]));
+        assert_eq!(
+            LiveFrame::decode_verified(&forged, &public),
+            Err(FrameError::BadSignature)
+        );
+        let good = frame().encode(&key());
+        // Any byte of header, payload or signature changed: refused.
+        for i in [7, 8, 27, 35, HEADER_BYTES, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[i] ^= 1;
+            assert!(
+                LiveFrame::decode_verified(&bad, &public).is_err(),
+                "byte {i} altered and accepted"
+            );
+        }
+        // A frame signed without the signature bytes (v1 layout) is too short.
+        let mut unsigned = good.clone();
+        unsigned.truncate(good.len() - SIGNATURE_BYTES);
+        assert!(LiveFrame::decode_verified(&unsigned, &public).is_err());
     }
 
     #[test]
     fn malformed_frames_are_refused() {
-        let good = frame().encode();
+        let good = frame().encode(&key());
         assert_eq!(LiveFrame::decode(&good[..10]), Err(FrameError::Short(10)));
         let mut bad = good.clone();
         bad[0] = b'X';
         assert_eq!(LiveFrame::decode(&bad), Err(FrameError::BadMagic));
         let mut bad = good.clone();
-        bad[4] = 9;
-        assert_eq!(LiveFrame::decode(&bad), Err(FrameError::Version(9)));
+        bad[4] = 1;
+        assert_eq!(LiveFrame::decode(&bad), Err(FrameError::Version(1)));
         let mut bad = good.clone();
         bad[5] = 9;
         assert_eq!(LiveFrame::decode(&bad), Err(FrameError::Kind(9)));

@@ -6,6 +6,11 @@
 //! | `loa/v1/receivers/{id}/status` | receiver → controller (+ last will) | 1, retained | [`ReceiverStatus`](crate::ReceiverStatus) |
 //! | `loa/v1/receivers/{id}/plays` | receiver → controller | 1 | [`PlayReport`](crate::PlayReport) |
 //! | `loa/v1/receivers/{id}/acks` | controller → receiver | 1 | [`ReportAck`](crate::ReportAck) |
+//! | `loa/v1/receivers/{id}/settings` | controller → receiver | 1, retained | [`ReceiverSettings`](crate::ReceiverSettings) |
+//! | `loa/v1/receivers/{id}/commands` | controller → receiver | 1 | [`ReceiverCommand`](crate::ReceiverCommand) |
+//!
+//! Every controller → receiver payload travels inside a signed envelope
+//! ([`Signed`](crate::signed::Signed)): the payloads above are its `payload`.
 
 /// Root of every Loa topic; the version lets a future protocol live beside this one.
 pub const PREFIX: &str = "loa/v1";
@@ -17,6 +22,10 @@ pub enum ReceiverTopic {
     Status,
     Plays,
     Acks,
+    /// Output settings set from the console (retained).
+    Settings,
+    /// One-off commands such as a test tone (not retained).
+    Commands,
 }
 
 impl ReceiverTopic {
@@ -26,6 +35,8 @@ impl ReceiverTopic {
             ReceiverTopic::Status => "status",
             ReceiverTopic::Plays => "plays",
             ReceiverTopic::Acks => "acks",
+            ReceiverTopic::Settings => "settings",
+            ReceiverTopic::Commands => "commands",
         }
     }
 
@@ -53,6 +64,8 @@ pub fn parse_receiver_topic(topic: &str) -> Option<(&str, ReceiverTopic)> {
         "status" => ReceiverTopic::Status,
         "plays" => ReceiverTopic::Plays,
         "acks" => ReceiverTopic::Acks,
+        "settings" => ReceiverTopic::Settings,
+        "commands" => ReceiverTopic::Commands,
         _ => return None,
     };
     Some((id, kind))
@@ -69,6 +82,8 @@ mod tests {
             ReceiverTopic::Status,
             ReceiverTopic::Plays,
             ReceiverTopic::Acks,
+            ReceiverTopic::Settings,
+            ReceiverTopic::Commands,
         ] {
             let t = kind.for_receiver("thon-1");
             assert_eq!(parse_receiver_topic(&t), Some(("thon-1", kind)));

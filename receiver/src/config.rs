@@ -38,6 +38,10 @@ pub struct Config {
     pub volume: f32,
     /// Output gain for emergency audio (`--emergency-volume`).
     pub emergency_volume: f32,
+    /// The controller's public key (`--controller-key BASE64|@FILE`); when
+    /// absent, the key kept from first use, or else fetched from the
+    /// controller and trusted on first use (see [`crate::trust`]).
+    pub controller_key: Option<String>,
 }
 
 /// Largest accepted output gain (+12 dB).
@@ -50,6 +54,8 @@ pub enum ConfigError {
     BadId(String),
     #[error("controller URL {0:?} is invalid: expected http://HOST:PORT")]
     BadController(String),
+    #[error("{0}")]
+    BadControllerKey(String),
     #[error("the token is empty")]
     EmptyToken,
     #[error("--heartbeat-secs must be at least 1")]
@@ -70,6 +76,10 @@ impl Config {
         match reqwest::Url::parse(&self.controller) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
             _ => return Err(ConfigError::BadController(self.controller.clone())),
+        }
+        if let Some(key) = &self.controller_key {
+            crate::trust::parse_pinned(key)
+                .map_err(|e| ConfigError::BadControllerKey(e.to_string()))?;
         }
         if self.heartbeat < Duration::from_secs(1) {
             return Err(ConfigError::BadHeartbeat);

@@ -7,7 +7,10 @@
 //! - player → ledger and report queue → link (reports, written to disk first);
 //! - player, fetcher, timer → link (status: now playing, cached programmes,
 //!   schedule version), and every ~30 s unacknowledged reports again;
-//! - schedule → link: the zone whose live broadcasts to follow.
+//! - schedule → link: the zone whose live broadcasts to follow;
+//! - link → settings store → player (volume from the console); link →
+//!   player (commands: a test tone, if recent and not seen before);
+//! - player → link: a status at once when the amplifier switches.
 //!
 //! Live frames and clock replies bypass this loop: the link hands frames to
 //! the player thread ([`LiveFeed`](crate::live::LiveFeed)) and replies to
@@ -21,7 +24,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use loa_protocol::{NowPlaying, ReceiverSchedule, ReceiverStatus};
+use loa_protocol::{
+    COMMAND_MAX_AGE_SECS, CommandKind, MAX_TEST_TONE_SECS, NowPlaying, ReceiverCommand,
+    ReceiverSchedule, ReceiverSettings, ReceiverStatus,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +40,11 @@ use crate::link::{Inbound, Link, LinkConfig, LiveHooks};
 use crate::player::{Player, PlayerConfig, PlayerEvent, PlayerHandle};
 use crate::reports::ReportQueue;
 use crate::schedule_store::{Refusal, ScheduleStore};
+use crate::settings_store::{SettingsRefusal, SettingsStore, gain_of_percent, percent_of_gain};
+use crate::trust::{self, Trust};
+
+/// A play cut short by a restart is joined again if more than this is left of it.
+const RESUME_MARGIN: chrono::Duration = chrono::Duration::seconds(1);
 
 /// Unacknowledged reports are sent again after this long.
 const RESEND_AFTER: Duration = Duration::from_secs(30);
@@ -47,7 +58,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let cache = Cache::open(dir)?;
     let reports = ReportQueue::open(dir)?;
     let mut ledger = Ledger::open(dir)?;
-    if let Some(report) = ledger.interrupted_play() {
+    if let Some(event) = ledger.resume_interrupted_play(Utc::now(), RESUME_MARGIN)? {
+        tracing::warn!(%event, "a play was cut short by the last shutdown (power cut, crash or restart); joining it again where its timeline is now");
+    } else if let Some(report) = ledger.interrupted_play() {
         tracing::warn!(event = %report.event_id, "a play was cut short by the last shutdown; reporting it as failed");
         if !reports.contains(&report.report_id) {
             reports.enqueue(&report)?;
@@ -56,6 +69,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     let store = ScheduleStore::open(dir, &config.receiver_id)?;
     let current = store.current().cloned().map(Arc::new);
+    let settings = SettingsStore::open(dir, &config.receiver_id);
+    let (volume, emergency_volume) = gains(&config, settings.current());
 
     let (player_tx, mut player_rx) = mpsc::unbounded_channel();
     let clock = Clock::new();
@@ -65,8 +80,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         amplifier: config.amplifier.clone(),
         prepare: config.prepare,
         cache: cache.clone(),
-        volume: config.volume,
-        emergency_volume: config.emergency_volume,
+        volume,
+        emergency_volume,
         clock: clock.clone(),
     };
     let done = ledger.done_ids();
@@ -108,7 +123,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         clock: clock.clone(),
         frames: player.live_feed(),
     };
-    let (link, link_task) = Link::start(link_config, inbound_tx, hooks, stop.clone());
+    let pinned = config
+        .controller_key
+        .as_deref()
+        .map(trust::parse_pinned)
+        .transpose()?;
+    let trust = Arc::new(Trust::load(dir, pinned)?);
+    let (link, link_task) =
+        Link::start(link_config, inbound_tx, hooks, trust.clone(), stop.clone());
+    // Trust on first use: until enrollment delivers the key, ask the controller.
+    let key_task = (!trust.has_key()).then(|| {
+        let (link, stop) = (link.clone(), stop.clone());
+        let (controller, token) = (config.controller.clone(), config.token.clone());
+        tokio::spawn(async move {
+            if trust::fetch_until_known(&trust, &controller, &token, &stop).await {
+                link.refresh_controller_topics();
+            }
+        })
+    });
     link.set_zone(store.current().and_then(|s| s.zone.as_deref()));
     let clock_task = tokio::spawn(clock::run_sync(clock, link.clone(), stop.clone()));
 
@@ -123,6 +155,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         schedule_tx,
         now_playing: None,
         last_sent: HashMap::new(),
+        settings,
+        volume,
+        amplifier_on: None,
+        seen_commands: HashMap::new(),
     };
     daemon
         .serve(&mut inbound_rx, &mut player_rx, &mut cached_rx, shutdown)
@@ -138,6 +174,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = link_task.await;
     let _ = fetcher_task.await;
     let _ = clock_task.await;
+    if let Some(task) = key_task {
+        let _ = task.await;
+    }
     Ok(())
 }
 
@@ -164,6 +203,38 @@ struct Daemon<'a> {
     /// When each queued report was last published, so it is re-sent only
     /// after [`RESEND_AFTER`] without an acknowledgement.
     last_sent: HashMap<String, Instant>,
+    /// The console's output settings, on disk.
+    settings: SettingsStore,
+    /// The normal output gain in force (linear), for the status.
+    volume: f32,
+    /// The amplifier state the player last reported.
+    amplifier_on: Option<bool>,
+    /// Command ids already taken, and when, so a repeated delivery is
+    /// ignored; forgotten after twice the commands' maximum age.
+    seen_commands: HashMap<String, Instant>,
+}
+
+/// The output gains in force: the console's settings if any arrived, else
+/// the `--volume` and `--emergency-volume` flags.
+fn gains(config: &Config, settings: Option<&ReceiverSettings>) -> (f32, f32) {
+    match settings {
+        Some(s) => (
+            gain_of_percent(s.volume),
+            s.emergency_volume
+                .map_or(config.emergency_volume, gain_of_percent),
+        ),
+        None => (config.volume, config.emergency_volume),
+    }
+}
+
+/// Whether a command issued at `issued_at` is still to be carried out at
+/// `now` (issued at most [`COMMAND_MAX_AGE_SECS`] ago, and not further than
+/// that in the future — the clocks disagree too much otherwise).
+pub(crate) fn command_is_fresh(
+    issued_at: chrono::DateTime<Utc>,
+    now: chrono::DateTime<Utc>,
+) -> bool {
+    (now - issued_at).num_seconds().abs() <= COMMAND_MAX_AGE_SECS
 }
 
 impl Daemon<'_> {
@@ -196,6 +267,8 @@ impl Daemon<'_> {
                 self.resend_reports(true);
             }
             Inbound::Schedule(schedule) => self.on_schedule(schedule),
+            Inbound::Settings(settings) => self.on_settings(settings),
+            Inbound::Command(command) => self.on_command(command),
             Inbound::Ack(ack) => match self.reports.ack(&ack.report_ids) {
                 Ok(n) => {
                     for id in &ack.report_ids {
@@ -241,6 +314,58 @@ impl Daemon<'_> {
         }
     }
 
+    fn on_settings(&mut self, settings: ReceiverSettings) {
+        let version = settings.version;
+        match self.settings.offer(settings) {
+            Ok(Ok(())) => {
+                let (volume, emergency) = gains(self.config, self.settings.current());
+                tracing::info!(version, volume, emergency, "new output settings");
+                self.volume = volume;
+                self.player.set_volume(volume, Some(emergency));
+                self.publish_status();
+            }
+            Ok(Err(refusal @ SettingsRefusal::NotNewer { .. })) => {
+                tracing::debug!(%refusal, "settings ignored")
+            }
+            Ok(Err(refusal)) => tracing::warn!(%refusal, "settings refused"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot keep the new settings on disk; keeping the old ones")
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: ReceiverCommand) {
+        let now = Utc::now();
+        let forget = Duration::from_secs(2 * COMMAND_MAX_AGE_SECS as u64);
+        self.seen_commands.retain(|_, at| at.elapsed() < forget);
+        if !command_is_fresh(command.issued_at, now) {
+            tracing::warn!(command = %command.command_id, issued_at = %command.issued_at, "command too old (or from the future); ignored");
+            return;
+        }
+        if command.command_id.is_empty() || command.command_id.len() > 100 {
+            tracing::warn!("command with an unusable id ignored");
+            return;
+        }
+        if self
+            .seen_commands
+            .insert(command.command_id.clone(), Instant::now())
+            .is_some()
+        {
+            tracing::info!(command = %command.command_id, "repeated command ignored");
+            return;
+        }
+        match command.kind {
+            CommandKind::TestTone { seconds } => {
+                if !(1..=MAX_TEST_TONE_SECS).contains(&seconds) {
+                    tracing::warn!(command = %command.command_id, seconds, "test tone length out of range; ignored");
+                    return;
+                }
+                tracing::info!(command = %command.command_id, seconds, "test tone asked for");
+                self.player.test_tone(command.command_id, seconds);
+            }
+        }
+    }
+
     fn on_player(&mut self, event: PlayerEvent) {
         match event {
             PlayerEvent::Started {
@@ -273,6 +398,11 @@ impl Daemon<'_> {
             PlayerEvent::LiveEnded(summary) => {
                 tracing::debug!(?summary, "live broadcast summary");
             }
+            PlayerEvent::Amplifier(on) => {
+                self.amplifier_on = Some(on);
+                self.publish_status();
+            }
+            PlayerEvent::TestTone { .. } => {}
         }
     }
 
@@ -290,6 +420,9 @@ impl Daemon<'_> {
             cached,
             schedule_version: self.store.version(),
             heartbeat_secs: Some(self.config.heartbeat.as_secs()),
+            amplifier_on: Some(self.amplifier_on.unwrap_or(false)),
+            volume: Some(percent_of_gain(self.volume)),
+            rejected: self.link.rejections(),
         };
         self.link.publish_status(&status);
     }
@@ -314,5 +447,19 @@ impl Daemon<'_> {
                     .insert(report.report_id.clone(), Instant::now());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_older_than_a_minute_are_stale() {
+        let now: chrono::DateTime<Utc> = "2026-12-03T10:00:00Z".parse().unwrap();
+        assert!(command_is_fresh(now, now));
+        assert!(command_is_fresh(now - chrono::Duration::seconds(59), now));
+        assert!(!command_is_fresh(now - chrono::Duration::seconds(61), now));
+        assert!(!command_is_fresh(now + chrono::Duration::seconds(120), now));
     }
 }

@@ -19,6 +19,10 @@ mod playback;
 pub mod player;
 pub mod reports;
 pub mod schedule_store;
+pub mod settings_store;
+mod tone;
+pub mod trust;
 
 pub use config::{Config, ConfigError};
 pub use daemon::run;
+pub use tone::{TONE_DBFS, TONE_HZ, tone_amplitude};

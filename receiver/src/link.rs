@@ -6,10 +6,14 @@
 //! - Client id = receiver id; username = receiver id, password = token (a
 //!   broker that allows anonymous clients ignores them).
 //! - Last will: [`ReceiverStatus::offline`], retained, on the status topic.
-//! - On every (re)connection it subscribes to the receiver's schedule and
-//!   acks topics and reports [`Inbound::Connected`], on which the main loop
+//! - On every (re)connection it subscribes to the receiver's schedule, settings,
+//!   commands and acks topics and reports [`Inbound::Connected`], on which the main loop
 //!   publishes its status and re-sends unacknowledged reports.
 //! - Reconnects forever with exponential backoff (1 s … 10 s).
+//! - Every message on a controller-to-receiver topic must be signed by the
+//!   controller: [`Trust::open`] checks the envelope (signature, topic,
+//!   sequence, age) before anything else looks at it; refusals are logged
+//!   and listed in the status ([`Link::rejections`]).
 //! - Malformed, oversize and forged messages (another receiver's topic or
 //!   id) are logged and dropped; they never reach the rest of the receiver.
 //! - Publishing never blocks: while the link is down, messages are dropped
@@ -17,7 +21,8 @@
 //! - Live broadcasts: it also subscribes (QoS 0) to the receiver's own live
 //!   topic, to its zone's live topic once the schedule names the zone
 //!   ([`Link::set_zone`], resubscribing when it changes) and to its clock
-//!   replies. Live frames are decoded with [`LiveFrame::decode`] and handed
+//!   replies. Live frames are decoded and their signature checked
+//!   ([`Trust::decode_frame`]), then handed
 //!   to the player thread through [`LiveFeed::offer`], which never blocks
 //!   (a full queue drops the frame); malformed ones are dropped with a
 //!   rate-limited log line. Clock replies are stamped on arrival and go
@@ -29,12 +34,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use loa_protocol::live::{
-    ClockReply, ClockRequest, LiveFrame, clock_reply_topic, clock_request_topic,
-    receiver_live_topic, zone_live_topic,
+    ClockReply, ClockRequest, clock_reply_topic, clock_request_topic, receiver_live_topic,
+    zone_live_topic,
 };
 use loa_protocol::topics::{ReceiverTopic, parse_receiver_topic};
 use loa_protocol::{
-    MAX_PAYLOAD_BYTES, PlayReport, ReceiverSchedule, ReceiverStatus, ReportAck, decode, encode,
+    MAX_PAYLOAD_BYTES, PlayReport, ReceiverCommand, ReceiverSchedule, ReceiverSettings,
+    ReceiverStatus, ReportAck, decode, encode,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, SubscribeFilter};
 use tokio::sync::mpsc::UnboundedSender;
@@ -43,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, local_now_us};
 use crate::live::LiveFeed;
+use crate::trust::Trust;
 
 /// First reconnection delay; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -105,6 +112,11 @@ pub enum Inbound {
     Schedule(ReceiverSchedule),
     /// The controller stored these reports.
     Ack(ReportAck),
+    /// Output settings addressed to this receiver (not yet checked for
+    /// version or range: the settings store does that).
+    Settings(ReceiverSettings),
+    /// A one-off command (not yet checked for age or repetition).
+    Command(ReceiverCommand),
 }
 
 /// How to reach the broker.
@@ -183,6 +195,8 @@ pub struct Link {
     generation: Arc<AtomicU64>,
     /// Live frames and clock replies.
     live: Arc<LiveLink>,
+    /// Checks what claims to come from the controller.
+    trust: Arc<Trust>,
 }
 
 impl Link {
@@ -192,6 +206,7 @@ impl Link {
         config: LinkConfig,
         inbound: UnboundedSender<Inbound>,
         hooks: LiveHooks,
+        trust: Arc<Trust>,
         shutdown: CancellationToken,
     ) -> (Link, JoinHandle<()>) {
         let status_topic = ReceiverTopic::Status.for_receiver(&config.receiver_id);
@@ -223,6 +238,7 @@ impl Link {
             connected: Arc::new(AtomicBool::new(false)),
             generation: Arc::new(AtomicU64::new(0)),
             live: Arc::new(live),
+            trust,
         };
         let task = tokio::spawn(link.clone().poll(eventloop, inbound, shutdown));
         (link, task)
@@ -338,15 +354,16 @@ impl Link {
                     tracing::info!(host = ?eventloop.mqtt_options.broker_address(), "connected to the MQTT broker");
                     backoff = FIRST_BACKOFF;
                     self.connected.store(true, Ordering::SeqCst);
-                    let mut filters: Vec<SubscribeFilter> =
-                        [ReceiverTopic::Schedule, ReceiverTopic::Acks]
-                            .map(|k| {
-                                SubscribeFilter::new(
-                                    k.for_receiver(&self.receiver_id),
-                                    QoS::AtLeastOnce,
-                                )
-                            })
-                            .into();
+                    let mut filters: Vec<SubscribeFilter> = [
+                        ReceiverTopic::Schedule,
+                        ReceiverTopic::Acks,
+                        ReceiverTopic::Settings,
+                        ReceiverTopic::Commands,
+                    ]
+                    .map(|k| {
+                        SubscribeFilter::new(k.for_receiver(&self.receiver_id), QoS::AtLeastOnce)
+                    })
+                    .into();
                     filters.push(SubscribeFilter::new(
                         self.live.own_topic.clone(),
                         QoS::AtMostOnce,
@@ -369,7 +386,18 @@ impl Link {
                     if self.take_live(&publish.topic, &publish.payload, arrived) {
                         continue;
                     }
-                    if let Some(message) = self.classify(&publish.topic, &publish.payload) {
+                    let now = self
+                        .live
+                        .hooks
+                        .clock
+                        .controller_now_us()
+                        .and_then(chrono::DateTime::from_timestamp_micros)
+                        .unwrap_or_else(chrono::Utc::now);
+                    let Some(payload) = self.trust.open(&publish.topic, &publish.payload, now)
+                    else {
+                        continue;
+                    };
+                    if let Some(message) = self.classify(&publish.topic, &payload) {
                         let _ = inbound.send(message);
                     }
                 }
@@ -390,6 +418,33 @@ impl Link {
             }
         }
         self.say_goodbye(&mut eventloop).await;
+    }
+
+    /// Messages and frames refused lately, for the status.
+    pub fn rejections(&self) -> Vec<loa_protocol::signed::Rejection> {
+        self.trust.rejections()
+    }
+
+    /// Subscribes to the controller-to-receiver topics again (unsubscribing
+    /// first), so the broker re-sends their retained messages: called once
+    /// the controller's key becomes known, as those received before it
+    /// were dropped.
+    pub fn refresh_controller_topics(&self) {
+        if !self.is_connected() {
+            return; // Subscribing on connection does it.
+        }
+        let topics: Vec<String> = [ReceiverTopic::Schedule, ReceiverTopic::Settings]
+            .map(|k| k.for_receiver(&self.receiver_id))
+            .into();
+        for topic in &topics {
+            let _ = self.client.try_unsubscribe(topic.clone());
+        }
+        let filters = topics
+            .into_iter()
+            .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce));
+        if let Err(e) = self.client.try_subscribe_many(filters) {
+            tracing::warn!(error = %e, "cannot subscribe again to the controller's topics");
+        }
     }
 
     /// The zone's live topic, if the schedule named one.
@@ -428,7 +483,8 @@ impl Link {
         if !ours {
             return topic.starts_with(&format!("{}/live/", loa_protocol::topics::PREFIX));
         }
-        let reason = match LiveFrame::decode(payload) {
+        let controller_now = live.hooks.clock.controller_now_us();
+        let reason = match self.trust.decode_frame(topic, payload, controller_now) {
             Ok(frame) => {
                 if live.hooks.frames.offer(frame, arrived_us) {
                     return true;
@@ -476,6 +532,25 @@ impl Link {
                 Ok(ack) => Some(Inbound::Ack(ack)),
                 Err(e) => {
                     tracing::warn!(error = %e, bytes = payload.len(), "malformed report ack dropped");
+                    None
+                }
+            },
+            ReceiverTopic::Settings => match decode::<ReceiverSettings>(payload) {
+                Ok(s) if s.receiver_id == self.receiver_id => Some(Inbound::Settings(s)),
+                Ok(s) => {
+                    tracing::warn!(claimed = %s.receiver_id, "forged settings (name another receiver) dropped");
+                    None
+                }
+                Err(_) if payload.is_empty() => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, bytes = payload.len(), "malformed settings dropped");
+                    None
+                }
+            },
+            ReceiverTopic::Commands => match decode::<ReceiverCommand>(payload) {
+                Ok(c) => Some(Inbound::Command(c)),
+                Err(e) => {
+                    tracing::warn!(error = %e, bytes = payload.len(), "malformed command dropped");
                     None
                 }
             },

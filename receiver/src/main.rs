@@ -62,6 +62,11 @@ struct RunArgs {
     /// Output gain for emergency audio, scheduled or live (0–4, 1 = unchanged).
     #[arg(long, default_value_t = 1.0)]
     emergency_volume: f32,
+    /// The controller's Ed25519 public key (base64, or @FILE holding it), as
+    /// shown by GET /api/v1/controller-key. Without it the receiver trusts
+    /// the key the controller serves on first use and keeps it.
+    #[arg(long, value_name = "BASE64|@FILE")]
+    controller_key: Option<String>,
 }
 
 #[tokio::main]
@@ -86,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         cache_grace: Duration::from_secs(args.cache_grace_secs),
         volume: args.volume,
         emergency_volume: args.emergency_volume,
+        controller_key: args.controller_key,
     };
     loa_receiver::run(config, shutdown_signal()).await
 }

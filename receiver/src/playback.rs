@@ -49,6 +49,9 @@ const CHUNK: usize = 960;
 const FRAME_US: i64 = 20_000;
 /// How long the player waits between looks for missing audio.
 const AUDIO_POLL: Duration = Duration::milliseconds(250);
+/// Audio that arrives after the start is joined only if more than this of
+/// the play is left; otherwise the play is reported missed.
+const LATE_JOIN_MIN_LEFT: Duration = Duration::seconds(2);
 /// Longest sleep between looks at the command channel before a play.
 const IDLE_SLICE: Duration = Duration::milliseconds(20);
 /// A start later than this is reported as a join in progress.
@@ -197,6 +200,7 @@ impl PlayerThread {
                 "the schedule does not describe this programme's audio".into(),
             );
         };
+        let mut late_noted = false;
         loop {
             match self.verified_audio(&programme) {
                 Ok(path) => {
@@ -209,16 +213,29 @@ impl PlayerThread {
                     };
                 }
                 Err(e) => {
+                    // Past the start, audio that arrives late (a fetch
+                    // after a power cut, a slow link) is still joined where
+                    // the programme's timeline is, until too little is left.
                     let now = Utc::now();
-                    if now >= p.start {
-                        tracing::error!(event = %p.event.id, error = %e, "audio not available at the scheduled time");
+                    if now >= p.start && now >= p.end - LATE_JOIN_MIN_LEFT {
+                        tracing::error!(event = %p.event.id, error = %e, "audio not available in time for the play");
                         return Step::Fail(
                             PlayOutcome::Missed,
                             format!("programme audio not in the cache at the scheduled time: {e}"),
                         );
                     }
-                    tracing::debug!(event = %p.event.id, error = %e, "waiting for audio");
-                    if !self.idle(p, AUDIO_POLL.min(p.start - now)) {
+                    if now >= p.start && !late_noted {
+                        late_noted = true;
+                        tracing::warn!(event = %p.event.id, error = %e, "audio not available at the scheduled time; the play will be joined when it arrives");
+                    } else {
+                        tracing::debug!(event = %p.event.id, error = %e, "waiting for audio");
+                    }
+                    let wait = if now < p.start {
+                        AUDIO_POLL.min(p.start - now)
+                    } else {
+                        AUDIO_POLL
+                    };
+                    if !self.idle(p, wait) {
                         return Step::Abort;
                     }
                 }
@@ -389,7 +406,6 @@ impl PlayerThread {
                 p.end - p.start + OVERRUN_GRACE
             })
         };
-        let gain = self.gain_for(p.event.priority);
         let mut interrupted = Duration::zero();
         let mut limit = limit_of(&p, interrupted);
         // Programme samples written to the sink (counting any skipped at a join).
@@ -405,6 +421,7 @@ impl PlayerThread {
                 && q >= p.event.priority
                 && written < limit
             {
+                let gain = self.gain_for(p.event.priority);
                 match self.interrupt_for_live(&mut p, &mut feed, &mut written, limit, gain) {
                     Interrupted::NotNeeded => {}
                     Interrupted::Resumed(interruption) => {
@@ -440,6 +457,8 @@ impl PlayerThread {
                 }
             };
             let take = chunk.len();
+            // Read per chunk: a volume set from the console applies at once.
+            let gain = self.gain_for(p.event.priority);
             if let Err(e) = self.write_gained(chunk, gain) {
                 failure = Some(format!("audio output failed: {e}"));
                 break None;

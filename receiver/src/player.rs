@@ -90,6 +90,27 @@ pub enum PlayerEvent {
     NowPlaying(Option<NowPlaying>),
     /// A live broadcast is over (or no longer followed).
     LiveEnded(LiveSummary),
+    /// The amplifier was switched on (`true`) or off.
+    Amplifier(bool),
+    /// A test tone was played, cut short or refused.
+    TestTone {
+        command_id: String,
+        outcome: ToneOutcome,
+    },
+}
+
+/// What became of a test tone command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToneOutcome {
+    /// Played for its full length.
+    Played,
+    /// Refused: a programme or broadcast is on air (or about to be), or
+    /// another tone is playing. The reason, for the log.
+    Refused(String),
+    /// Cut short by a programme or broadcast, or by a shutdown.
+    Cut(String),
+    /// The audio output failed.
+    Failed(String),
 }
 
 /// Why the player could not start.
@@ -111,6 +132,14 @@ pub(crate) enum Command {
     Shutdown,
     /// A live frame from the link.
     Live(Box<LiveInput>),
+    /// New output gains (linear) from the console's settings; `None` keeps
+    /// the emergency gain as it is.
+    Volume {
+        volume: f32,
+        emergency_volume: Option<f32>,
+    },
+    /// Play a test tone (see [`crate::tone`]).
+    TestTone { command_id: String, seconds: u32 },
 }
 
 /// Handle to the player thread; dropping it stops the thread and waits for it.
@@ -216,6 +245,24 @@ impl PlayerHandle {
     pub fn set_schedule(&self, schedule: Arc<ReceiverSchedule>) {
         let _ = self.commands.send(Command::Schedule(schedule));
     }
+
+    /// Sets the output gains (linear); they apply from the next chunk
+    /// written, also during a play. `None` keeps the emergency gain.
+    pub fn set_volume(&self, volume: f32, emergency_volume: Option<f32>) {
+        let _ = self.commands.send(Command::Volume {
+            volume,
+            emergency_volume,
+        });
+    }
+
+    /// Asks for a test tone of `seconds`; the outcome comes back as
+    /// [`PlayerEvent::TestTone`].
+    pub fn test_tone(&self, command_id: String, seconds: u32) {
+        let _ = self.commands.send(Command::TestTone {
+            command_id,
+            seconds,
+        });
+    }
 }
 
 impl Drop for Player {
@@ -260,6 +307,15 @@ pub(crate) struct PlayerThread {
     /// When the last programme or broadcast audio written will have been
     /// heard (local clock, µs), and its priority.
     pub(crate) audio_tail: Option<(i64, loa_protocol::Priority)>,
+    /// The amplifier state last set (`None` before the first switch).
+    pub(crate) amp_on: Option<bool>,
+    /// Set while the main loop plays a scheduled play or a broadcast (a
+    /// test tone asked for meanwhile is refused).
+    pub(crate) on_air: bool,
+    /// Set while a test tone plays.
+    pub(crate) tone_playing: bool,
+    /// A test tone waiting for the main loop: command id and seconds.
+    pub(crate) pending_tone: Option<(String, u32)>,
 }
 
 impl PlayerThread {
@@ -289,6 +345,10 @@ impl PlayerThread {
             sink_floor: StdDuration::ZERO,
             scratch: Vec::new(),
             audio_tail: None,
+            amp_on: None,
+            on_air: false,
+            tone_playing: false,
+            pending_tone: None,
         }
     }
 
@@ -302,10 +362,16 @@ impl PlayerThread {
                 // The broadcast takes the loudspeaker, unless a play of
                 // higher priority is due now.
                 let heard = crate::clock::local_now_us() + self.sink.delay().as_micros() as i64;
+                self.on_air = true;
                 match self.live_holder(q) {
                     Some((at, p)) if at <= heard + 1_000 => self.play(p),
                     _ => self.live_from_idle(),
                 }
+                self.on_air = false;
+                continue;
+            }
+            if let Some((command_id, seconds)) = self.pending_tone.take() {
+                self.test_tone(command_id, seconds);
                 continue;
             }
             let next = self.next_play(now);
@@ -316,7 +382,11 @@ impl PlayerThread {
                 prepare
             };
             match next {
-                Some(p) if p.start - now <= lead => self.play(p),
+                Some(p) if p.start - now <= lead => {
+                    self.on_air = true;
+                    self.play(p);
+                    self.on_air = false;
+                }
                 next => {
                     if self.output_open {
                         self.close_output();
@@ -405,6 +475,20 @@ impl PlayerThread {
             }
             Command::Shutdown => self.stopping = true,
             Command::Live(input) => self.on_live_frame(*input),
+            Command::Volume {
+                volume,
+                emergency_volume,
+            } => {
+                tracing::info!(volume, ?emergency_volume, "output volume set");
+                self.config.volume = volume;
+                if let Some(e) = emergency_volume {
+                    self.config.emergency_volume = e;
+                }
+            }
+            Command::TestTone {
+                command_id,
+                seconds,
+            } => self.request_tone(command_id, seconds),
         }
     }
 
@@ -478,13 +562,25 @@ impl PlayerThread {
         }
     }
 
+    /// Switches the amplifier relay, telling the async side when its state
+    /// changes (so the status goes out at once).
+    pub(crate) fn set_amp(&mut self, on: bool) -> Result<(), HardwareError> {
+        self.amp.set_power(on)?;
+        if self.amp_on != Some(on) {
+            self.amp_on = Some(on);
+            tracing::debug!(on, "amplifier switched");
+            let _ = self.events.send(PlayerEvent::Amplifier(on));
+        }
+        Ok(())
+    }
+
     /// Switches the amplifier on and starts the sink.
     pub(crate) fn open_output(&mut self) -> Result<(), SinkError> {
-        if let Err(e) = self.amp.set_power(true) {
+        if let Err(e) = self.set_amp(true) {
             tracing::error!(error = %e, "cannot switch the amplifier on; playing anyway");
         }
         if let Err(e) = self.sink.start() {
-            let _ = self.amp.set_power(false);
+            let _ = self.set_amp(false);
             return Err(e);
         }
         self.sink_floor = self.measure_floor();
@@ -514,7 +610,7 @@ impl PlayerThread {
         if let Err(e) = self.sink.stop() {
             tracing::error!(error = %e, "error closing the audio output");
         }
-        if let Err(e) = self.amp.set_power(false) {
+        if let Err(e) = self.set_amp(false) {
             tracing::error!(error = %e, "cannot switch the amplifier off");
         }
         self.output_open = false;

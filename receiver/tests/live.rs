@@ -6,7 +6,9 @@
 //! broadcast at its playout instant (translated through the estimated clock
 //! offset), then the programme again from where it stopped; the status must
 //! show the broadcast while it plays, and the play report must list the
-//! interruption.
+//! interruption. A forged emergency broadcast (frames signed by another
+//! key) published on the same topic at the same time must be dropped and
+//! reported, never heard.
 
 mod common;
 mod live_common;
@@ -139,19 +141,24 @@ impl Controller {
 /// Publishes `broadcast` in real time on `topic`, frame by frame at its
 /// capture instant + 20 ms (controller clock), through the lossy order of
 /// [`live_common::lossy_order`], then its end frame.
-async fn publish_broadcast(client: AsyncClient, topic: String, broadcast: Arc<Broadcast>) {
+async fn publish_broadcast(
+    client: AsyncClient,
+    topic: String,
+    broadcast: Arc<Broadcast>,
+    key: loa_protocol::signed::SigningKey,
+) {
     let order = live_common::lossy_order(broadcast.packets.len() as u32);
     let mut sends: Vec<(i64, Vec<u8>)> = order
         .iter()
         .map(|&(seq, extra)| {
             (
                 broadcast.capture_us(seq) + 20_000 + extra,
-                broadcast.frame(seq).encode(),
+                broadcast.frame(seq).encode(&key),
             )
         })
         .collect();
     let end = broadcast.end();
-    sends.push((end.capture_us + 20_000, end.encode()));
+    sends.push((end.capture_us + 20_000, end.encode(&key)));
     sends.sort_by_key(|(at, _)| *at);
     for (at, bytes) in sends {
         let wait = at - controller_now_us();
@@ -198,7 +205,10 @@ async fn live_broadcast_interrupts_and_resumes_a_programme_in_sync() {
             ReceiverTopic::Schedule.for_receiver(ID),
             QoS::AtLeastOnce,
             true,
-            encode(&schedule),
+            common::sign(
+                &ReceiverTopic::Schedule.for_receiver(ID),
+                &encode(&schedule),
+            ),
         )
         .await
         .unwrap();
@@ -216,6 +226,7 @@ async fn live_broadcast_interrupts_and_resumes_a_programme_in_sync() {
         cache_grace: StdDuration::from_secs(3600),
         volume: 1.0,
         emergency_volume: 1.0,
+        controller_key: Some(common::controller_public_key()),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let receiver = tokio::spawn(loa_receiver::run(config, async move {
@@ -248,6 +259,22 @@ async fn live_broadcast_interrupts_and_resumes_a_programme_in_sync() {
         controller.client.clone(),
         zone_live_topic(ZONE),
         broadcast.clone(),
+        common::controller_key(),
+    ));
+    // An attacker's emergency broadcast, starting earlier: if it were
+    // accepted it would take the loudspeaker.
+    let forged = Arc::new(Broadcast {
+        id: [0xee; 16],
+        priority: Priority::Emergency,
+        start_us: broadcast.start_us - 200_000,
+        delay_ms: broadcast.delay_ms,
+        packets: broadcast.packets.clone(),
+    });
+    let forger = tokio::spawn(publish_broadcast(
+        controller.client.clone(),
+        zone_live_topic(ZONE),
+        forged,
+        loa_protocol::signed::SigningKey::from_bytes(&[66; 32]),
     ));
 
     let report: PlayReport = controller
@@ -259,6 +286,20 @@ async fn live_broadcast_interrupts_and_resumes_a_programme_in_sync() {
         )
         .await;
     publisher.await.unwrap();
+    forger.await.unwrap();
+    // A heartbeat after the forged frames reports them.
+    controller
+        .expect(
+            ReceiverTopic::Status,
+            StdDuration::from_secs(5),
+            &mut statuses,
+            |s: &ReceiverStatus| {
+                s.rejected
+                    .iter()
+                    .any(|r| r.reason == "bad_frame_signature" && r.topic == zone_live_topic(ZONE))
+            },
+        )
+        .await;
     let _ = stop.send(());
     tokio::time::timeout(StdDuration::from_secs(10), receiver)
         .await

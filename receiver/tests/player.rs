@@ -82,6 +82,18 @@ fn reports(
     (reports, all)
 }
 
+/// Whether nothing but amplifier switches (the relay going off after a
+/// play) is waiting: no play started, finished or was announced.
+fn nothing_played(rx: &mut UnboundedReceiver<PlayerEvent>) -> bool {
+    let others: Vec<PlayerEvent> = std::iter::from_fn(|| rx.try_recv().ok())
+        .filter(|e| !matches!(e, PlayerEvent::Amplifier(_)))
+        .collect();
+    if !others.is_empty() {
+        println!("events: {others:#?}");
+    }
+    others.is_empty()
+}
+
 fn ms(d: Duration) -> i64 {
     d.num_milliseconds()
 }
@@ -298,7 +310,7 @@ fn a_new_schedule_during_a_play_can_cut_in_or_remove_the_running_play() {
         "stopped {stop_delay} ms after removal"
     );
     std::thread::sleep(StdDuration::from_millis(600));
-    assert!(rx.try_recv().is_err(), "nothing else may play");
+    assert!(nothing_played(&mut rx), "nothing else may play");
     drop(player);
 
     let (_, runs) = tone_runs(&rig.wav);
@@ -405,7 +417,7 @@ fn missing_audio_and_past_events_are_reported_missed_and_nothing_plays_twice() {
     );
     std::thread::sleep(StdDuration::from_millis(500));
     assert!(
-        rx.try_recv().is_err(),
+        nothing_played(&mut rx),
         "the event already played must not play again"
     );
     drop(player);

@@ -67,7 +67,15 @@ impl Controller {
         }
     }
 
+    /// Publishes `payload` signed, as the controller does.
     async fn publish(&self, kind: ReceiverTopic, retain: bool, payload: Vec<u8>) {
+        let topic = kind.for_receiver(ID);
+        let signed = common::sign(&topic, &payload);
+        self.publish_raw(kind, retain, signed).await;
+    }
+
+    /// Publishes exactly `payload` (unsigned or forged).
+    async fn publish_raw(&self, kind: ReceiverTopic, retain: bool, payload: Vec<u8>) {
         self.client
             .publish(kind.for_receiver(ID), QoS::AtLeastOnce, retain, payload)
             .await
@@ -119,6 +127,7 @@ fn start_receiver(cache: &Path, wav: &Path, controller: &str, broker_port: u16) 
         cache_grace: StdDuration::from_secs(3600),
         volume: 1.0,
         emergency_volume: 1.0,
+        controller_key: Some(common::controller_public_key()),
     };
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(loa_receiver::run(config, async move {
@@ -228,6 +237,9 @@ async fn fetches_plays_reports_and_keeps_going_offline() {
         .await;
     controller
         .publish(ReceiverTopic::Acks, false, b"[1,2,3]".to_vec())
+        .await;
+    controller
+        .publish_raw(ReceiverTopic::Acks, false, b"[1,2,3]".to_vec())
         .await;
 
     let status: ReceiverStatus = controller

@@ -30,6 +30,8 @@ const state = {
   emergencyClicks: 0,
   emergencySeconds: [],
   emergencySpans: [],
+  toneSpan: null,
+  toneVolume: null,
   screenshots: [],
 };
 
@@ -173,6 +175,8 @@ after(async () => {
         emergency_clicks: state.emergencyClicks,
         emergency_seconds: state.emergencySeconds,
         emergency_spans: state.emergencySpans,
+        tone_span: state.toneSpan,
+        tone_volume: state.toneVolume,
         screenshots: state.screenshots,
       },
       null,
@@ -348,6 +352,47 @@ test("an emergency broadcast from the top bar reaches the loudspeakers in two cl
   await page.waitForSelector("#on-air", { state: "detached", timeout: 10000 });
   await page.waitForTimeout(1500);
   state.emergencySpans = config.receiverWavs.map((f, i) => [Math.max(start[i], firstSample[i] - 4800), wavInfo(f).samples]);
+  }));
+
+test("on Cụm loa a technician sets the volume and plays a test tone", () =>
+  onPage(desktop, "receivers", async (page) => {
+  await login(page, config.admin);
+  await open(page, "cum-loa");
+  const id = config.receiverIds[0];
+  const row = page.locator(`#rcv-${id}`);
+  await row.locator('[data-amplifier="off"]').waitFor();
+  assert.match(await row.textContent(), /Loa: đang tắt/);
+  // Move the slider; it saves when released.
+  const slider = row.locator("input.volume");
+  await slider.focus();
+  await slider.fill("40");
+  await row.locator(".control-result.ok").waitFor();
+  assert.match(await row.locator(".control-result").textContent(), /Đã lưu âm lượng 40%/);
+  state.toneVolume = 40;
+  // The receiver reports the new volume in its status.
+  const reported = async () => {
+    const token = await page.evaluate(() => localStorage.getItem("loa.token"));
+    const r = await fetch(`${config.base}/api/v1/receivers/${id}`, { headers: { Authorization: `Bearer ${token}` } });
+    return r.json();
+  };
+  let status = await reported();
+  for (let i = 0; i < 50 && status.reported_volume !== 40; i++) {
+    await page.waitForTimeout(200);
+    status = await reported();
+  }
+  assert.equal(status.reported_volume, 40, `the receiver reports volume 40: ${JSON.stringify(status)}`);
+  // The test tone: the amplifier goes on, the WAV gets the tone, then off.
+  const wav = config.receiverWavs[0];
+  const from = wavInfo(wav).samples;
+  await row.locator("[data-test-tone]").click();
+  await row.locator(".control-result.ok", { hasText: "phát âm thử" }).waitFor();
+  await page.locator(`#rcv-${id} [data-amplifier="on"]`).waitFor({ timeout: 10000 });
+  assert.match(await page.locator(`#rcv-${id}`).textContent(), /Loa: đang bật/);
+  await shot(page, "desktop-cum-loa-am-thu");
+  await page.locator(`#rcv-${id} [data-amplifier="off"]`).waitFor({ timeout: 15000 });
+  assert.ok(firstLoud(wav, from, 0.05) >= 0, "the receiver's output holds the tone");
+  state.toneSpan = [from, wavInfo(wav).samples];
+  log("test tone: samples", state.toneSpan.join("…"));
   }));
 
 async function everyPage(context, prefix, checkWidth) {

@@ -8,13 +8,16 @@
 //! approves it and schedules it twice a week (one of the days today, a few
 //! seconds ahead); waits for the play to appear in the report once the
 //! receivers have played it; then starts an emergency broadcast from the
-//! top bar with Chromium's fake microphone playing a Vietnamese sentence,
-//! and takes screenshots of every page at desktop and phone width
+//! top bar with Chromium's fake microphone playing a Vietnamese sentence;
+//! on Cụm loa moves the first receiver's volume slider to 40 % and presses
+//! "Phát âm thử" (checking the receiver reports the volume and its
+//! amplifier going on and off); and takes screenshots of every page at desktop and phone width
 //! (`tests/artifacts/console/`). It counts actions and clicks and times
 //! "click to sound" from the receivers' WAV files.
 //!
 //! This test then checks, from the receivers' WAV files, that both played
-//! the bulletin and the microphone's speech, and that the controller holds
+//! the bulletin and the microphone's speech, that the first one played a
+//! 5 s 1 kHz test tone at −12 dBFS × 40 %, and that the controller holds
 //! the proof of play. It needs `npm ci` in `tests/browser` first, so it is
 //! run by `scripts/browser-test.sh` (`--ignored`), a step of
 //! `scripts/test.sh`.
@@ -229,6 +232,7 @@ async fn scenario(art: &mut Artifacts) -> Result<()> {
         "mic": mic,
         "screenshots": art.dir,
         "receiverWavs": wavs,
+        "receiverIds": RECEIVERS.iter().map(|r| r.0).collect::<Vec<_>>(),
         "results": results,
     });
     let config_path = art.path("browser-config.json");
@@ -354,6 +358,47 @@ async fn scenario(art: &mut Artifacts) -> Result<()> {
             speech_match.correlation
         );
     }
+    // The test tone from the Cụm loa page: 5 s of 1 kHz at −12 dBFS × the
+    // volume the slider set, in the first receiver's output.
+    let volume = r["tone_volume"].as_f64().context("tone_volume")? / 100.0;
+    let span = r["tone_span"].as_array().context("tone_span")?;
+    let (samples, _) = read_wav_mono(&wavs[0])?;
+    let from = span[0].as_u64().context("tone span start")? as usize;
+    let to = (span[1].as_u64().context("tone span end")? as usize).min(samples.len());
+    let tone = &samples[from.min(to)..to];
+    let expected_peak = 10f64.powf(-12.0 / 20.0) * volume;
+    let loud = |s: &&f32| f64::from(s.abs()) > expected_peak / 2.0;
+    let on = tone
+        .iter()
+        .position(|s| loud(&s))
+        .context("no test tone in the output")?;
+    let off = tone
+        .iter()
+        .rposition(|s| loud(&s))
+        .context("no test tone in the output")?;
+    let seconds = (off - on) as f64 / 48_000.0;
+    ensure!(seconds > 1.0, "test tone of {seconds:.2} s");
+    let middle = &tone[on + 24_000..off - 24_000];
+    let peak = middle.iter().fold(0f64, |m, s| m.max(f64::from(s.abs())));
+    let crossings = middle
+        .windows(2)
+        .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+        .count();
+    let hz = crossings as f64 / 2.0 / (middle.len() as f64 / 48_000.0);
+    art.figure(format!(
+        "console: test tone on {}: {seconds:.3} s, {hz:.1} Hz, peak {peak:.4} (expected {expected_peak:.4} = −12 dBFS × {volume:.2})",
+        RECEIVERS[0].0
+    ));
+    ensure!(
+        (seconds - 5.0).abs() < 0.05,
+        "test tone lasted {seconds:.3} s"
+    );
+    ensure!((hz - 1000.0).abs() < 5.0, "test tone at {hz:.1} Hz");
+    ensure!(
+        (peak - expected_peak).abs() < 0.03 * expected_peak,
+        "test tone peak {peak:.4}, expected {expected_peak:.4}"
+    );
+
     let shots = std::fs::read_dir(&art.dir)?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().extension().is_some_and(|x| x == "png"))

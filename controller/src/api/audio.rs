@@ -1,5 +1,6 @@
 //! `GET /api/v1/programmes/{id}/audio`: the Ogg Opus file, for receivers
-//! (with their own token) and users. Supports a single HTTP byte range
+//! (with their own token) and users whose unit can see the programme (404
+//! otherwise, as for `GET /programmes/{id}`). Supports a single HTTP byte range
 //! (`206 Partial Content`, `416` when unsatisfiable) so an interrupted
 //! download can resume, and an `ETag` equal to the file's SHA-256.
 
@@ -90,6 +91,9 @@ pub async fn get(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if let AudioClient::User(user) = &client {
+        super::programmes::fetch_visible(&state, user, &id).await?;
+    }
     let sha256: Option<String> = sqlx::query_scalar("SELECT sha256 FROM programmes WHERE id = $1")
         .bind(&id)
         .fetch_optional(&state.db)

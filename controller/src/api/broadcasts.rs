@@ -6,8 +6,10 @@
 //!   "normal"|"priority"|"emergency", "duration_ms": …}` → 201 with the
 //!   broadcast (its `id` is a UUID), once the source delivers audio;
 //! - `GET /api/v1/broadcasts` → the broadcasts on air (`?all=true`: the
-//!   last 100, ended ones included);
-//! - `GET /api/v1/broadcasts/{id}` → one broadcast, on air or ended;
+//!   last 100, ended ones included) that target a zone or receiver under
+//!   the caller's unit (a root user sees all);
+//! - `GET /api/v1/broadcasts/{id}` → one broadcast, on air or ended (404
+//!   outside the caller's unit, as for `DELETE`);
 //! - `DELETE /api/v1/broadcasts/{id}` → ends it (its `End` frames are out
 //!   when the answer comes) and answers the ended broadcast.
 //!
@@ -20,6 +22,7 @@ use axum::{Json, Router};
 use loa_schedules::{Priority, Targets};
 use serde::Deserialize;
 
+use super::access::Scope;
 use super::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::auth::AuthUser;
 use crate::live::{Broadcast, EndReason, LiveError, MAX_ON_AIR, SourceSpec, StartRequest};
@@ -208,33 +211,54 @@ async fn create(
     Ok((StatusCode::CREATED, Json(broadcast)))
 }
 
+/// Keeps the broadcasts that target a zone or receiver in the user's scope
+/// (all of them for a user at the root).
+async fn in_scope(
+    state: &AppState,
+    user: &AuthUser,
+    broadcasts: Vec<Broadcast>,
+) -> Result<Vec<Broadcast>, ApiError> {
+    let scope = Scope::of(&state.db, user).await?;
+    if scope.is_root() {
+        return Ok(broadcasts);
+    }
+    let zones = scope.zones(&state.db).await?;
+    let receivers = scope.receivers(&state.db).await?;
+    Ok(broadcasts
+        .into_iter()
+        .filter(|b| scope.touches(&zones, &receivers, &b.targets))
+        .collect())
+}
+
 async fn list(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<Broadcast>>, ApiError> {
-    if q.all.unwrap_or(false) {
-        return state
-            .live
-            .recent(HISTORY)
-            .await
-            .map(Json)
-            .map_err(live_error);
-    }
-    Ok(Json(state.live.list_on_air()))
+    let broadcasts = if q.all.unwrap_or(false) {
+        state.live.recent(HISTORY).await.map_err(live_error)?
+    } else {
+        state.live.list_on_air()
+    };
+    in_scope(&state, &user, broadcasts).await.map(Json)
+}
+
+/// One broadcast the user may see, or 404.
+async fn fetch_visible(state: &AppState, user: &AuthUser, id: &str) -> Result<Broadcast, ApiError> {
+    check_broadcast_id(id)?;
+    let found = state.live.get(id).await.map_err(live_error)?;
+    in_scope(state, user, found.into_iter().collect())
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::not_found("broadcast", "buổi phát", id))
 }
 
 async fn get_one(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Broadcast>, ApiError> {
-    check_broadcast_id(&id)?;
-    match state.live.get(&id).await {
-        Ok(Some(b)) => Ok(Json(b)),
-        Ok(None) => Err(ApiError::not_found("broadcast", "buổi phát", &id)),
-        Err(e) => Err(live_error(e)),
-    }
+    fetch_visible(&state, &user, &id).await.map(Json)
 }
 
 async fn stop(
@@ -243,7 +267,7 @@ async fn stop(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Broadcast>, ApiError> {
     user.require(user.role_kind().broadcasts(), "dừng buổi phát trực tiếp")?;
-    check_broadcast_id(&id)?;
+    fetch_visible(&state, &user, &id).await?;
     let ended = state
         .live
         .stop(&id, EndReason::Stopped)

@@ -7,6 +7,7 @@ mod approvals;
 mod audio;
 pub mod audit;
 mod broadcasts;
+mod controller_key;
 mod error;
 mod extract;
 mod health;
@@ -37,6 +38,7 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(health::router())
+        .merge(controller_key::router())
         .merge(login::router())
         .merge(zones::router())
         .merge(receivers::router())

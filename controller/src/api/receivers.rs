@@ -4,16 +4,23 @@
 //! said so and its last heartbeat is at most [`ONLINE_WINDOW_MS`] old.
 //!
 //! `POST`/`GET /api/v1/receivers`, `GET`/`PATCH`/`DELETE /api/v1/receivers/{id}`,
-//! `POST /api/v1/receivers/{id}/token` (replace a lost token).
+//! `POST /api/v1/receivers/{id}/token` (replace a lost token),
+//! `PUT /api/v1/receivers/{id}/volume` (the normal output volume, 0–100 %,
+//! published to the receiver as retained [`loa_protocol::ReceiverSettings`]
+//! by the distributor), `POST /api/v1/receivers/{id}/test-tone` (a 1 kHz
+//! tone for 1–30 s, sent as a [`loa_protocol::ReceiverCommand`]; the
+//! receiver refuses it while a programme or broadcast is on air).
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::access::{self, Scope};
+use super::audit::AuditDetail;
 use super::error::is_unique_violation;
 use super::extract::{check_id, check_text};
 use super::{ApiError, ApiJson, ApiPath};
@@ -32,7 +39,35 @@ pub fn router() -> Router<AppState> {
         .route("/receivers", get(list).post(create))
         .route("/receivers/{id}", get(get_one).patch(update).delete(delete))
         .route("/receivers/{id}/token", post(rotate_token))
+        .route("/receivers/{id}/volume", put(set_volume))
+        .route("/receivers/{id}/test-tone", post(test_tone))
 }
+
+/// Body of `PUT /receivers/{id}/volume`.
+#[derive(Deserialize)]
+struct VolumeChange {
+    /// Percent of the normal output level, 0–100. Any JSON number is
+    /// accepted here and checked below, so an out-of-range value gets the
+    /// project's 400 rather than a parse error.
+    volume: f64,
+}
+
+/// Body of `POST /receivers/{id}/test-tone`.
+#[derive(Deserialize, Default)]
+struct ToneRequest {
+    /// Length in seconds, 1–30 (default 5).
+    #[serde(default)]
+    seconds: Option<f64>,
+}
+
+/// Answer to `POST /receivers/{id}/test-tone`.
+#[derive(Serialize)]
+struct ToneAccepted {
+    command_id: String,
+}
+
+/// Default test tone length, seconds.
+const DEFAULT_TONE_SECS: u32 = 5;
 
 /// Body of `POST /receivers`.
 #[derive(Deserialize)]
@@ -104,6 +139,20 @@ struct Receiver {
     /// Where it stands (degrees), if known.
     lat: Option<f64>,
     lon: Option<f64>,
+    /// Normal output volume, percent: the one set from the console, else
+    /// the one the receiver reports (its `--volume`), else `null`.
+    volume: Option<i64>,
+    /// Whether the volume was set from the console (`false`: the
+    /// receiver's own `--volume` is in force).
+    volume_set: bool,
+    /// The normal volume the receiver last reported having in force, percent.
+    reported_volume: Option<i64>,
+    /// Whether its amplifier is on, as last reported; `null` when unknown
+    /// (offline, or a receiver that does not report it).
+    amplifier_on: Option<bool>,
+    /// Messages and live frames it refused lately (forged, altered,
+    /// replayed, stale, malformed): `[{"topic","reason","at"}]`, newest last.
+    rejected_messages: Vec<loa_protocol::signed::Rejection>,
 }
 
 /// One `receivers` row.
@@ -120,12 +169,21 @@ struct ReceiverRow {
     created_at: i64,
     lat: Option<f64>,
     lon: Option<f64>,
+    rejected_messages: String,
+    volume: Option<i64>,
+    reported_volume: Option<i64>,
+    amplifier_on: Option<bool>,
 }
 
 impl ReceiverRow {
     fn into_api(self, now: i64) -> Receiver {
+        let online = self.online && self.last_seen.is_some_and(|t| now - t <= ONLINE_WINDOW_MS);
         Receiver {
-            online: self.online && self.last_seen.is_some_and(|t| now - t <= ONLINE_WINDOW_MS),
+            online,
+            volume: self.volume.or(self.reported_volume),
+            volume_set: self.volume.is_some(),
+            reported_volume: self.reported_volume,
+            amplifier_on: self.amplifier_on.filter(|_| online),
             last_seen: self.last_seen.map(from_ms),
             now_playing: self
                 .now_playing
@@ -139,6 +197,7 @@ impl ReceiverRow {
             zone: self.zone_id,
             lat: self.lat,
             lon: self.lon,
+            rejected_messages: serde_json::from_str(&self.rejected_messages).unwrap_or_default(),
         }
     }
 }
@@ -146,7 +205,7 @@ impl ReceiverRow {
 macro_rules! select_receivers {
     () => {
         "SELECT id, name, zone_id, online, last_seen, now_playing, cached, schedule_version, created_at, \
-         lat, lon FROM receivers"
+         lat, lon, rejected_messages, volume, reported_volume, amplifier_on FROM receivers"
     };
 }
 
@@ -353,4 +412,106 @@ async fn rotate_token(
         name: current.name,
         zone: current.zone,
     }))
+}
+
+/// Sets a receiver's normal output volume (technicians and admins, within
+/// their unit) and has the distributor publish the new settings.
+async fn set_volume(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(change): ApiJson<VolumeChange>,
+) -> Result<Response, ApiError> {
+    user.require(user.role_kind().manages_devices(), "chỉnh âm lượng cụm loa")?;
+    let current = fetch(&state, &user, &id).await?;
+    let volume = change.volume;
+    if !volume.is_finite() || !(0.0..=100.0).contains(&volume) || volume.fract() != 0.0 {
+        return Err(ApiError::bad_request(
+            "invalid_volume",
+            format!("volume must be a whole number from 0 to 100, not {volume}"),
+            "Âm lượng phải là số nguyên từ 0 đến 100.",
+        ));
+    }
+    let volume = volume as i64;
+    let previous = current.volume_set.then_some(current.volume).flatten();
+    sqlx::query(
+        "UPDATE receivers SET volume = $1, settings_version = MAX(settings_version + 1, $2)
+         WHERE id = $3",
+    )
+    .bind(volume)
+    .bind(now_ms())
+    .bind(&id)
+    .execute(&state.db)
+    .await?;
+    state.distributor.settings_changed(&id);
+    tracing::info!(receiver = %id, volume, "receiver volume set");
+    let mut response = Json(fetch(&state, &user, &id).await?).into_response();
+    response.extensions_mut().insert(AuditDetail(
+        serde_json::json!({"from": previous, "to": volume}),
+    ));
+    Ok(response)
+}
+
+/// Asks a receiver to play a test tone (technicians and admins, within
+/// their unit). 202: the command is sent; the receiver plays it unless a
+/// programme or broadcast is on air, and its status shows the amplifier.
+async fn test_tone(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    user.require(user.role_kind().manages_devices(), "phát âm thử")?;
+    fetch(&state, &user, &id).await?;
+    let request: ToneRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ToneRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("invalid JSON body: {e}"),
+                "Dữ liệu gửi lên không hợp lệ.",
+            )
+        })?
+    };
+    let max = loa_protocol::MAX_TEST_TONE_SECS;
+    let seconds = match request.seconds {
+        None => DEFAULT_TONE_SECS,
+        Some(s) if s.is_finite() && s.fract() == 0.0 && (1.0..=f64::from(max)).contains(&s) => {
+            s as u32
+        }
+        Some(s) => {
+            return Err(ApiError::bad_request(
+                "invalid_seconds",
+                format!("seconds must be a whole number from 1 to {max}, not {s}"),
+                format!("Thời lượng âm thử phải là số nguyên từ 1 đến {max} giây."),
+            ));
+        }
+    };
+    let command = loa_protocol::ReceiverCommand {
+        command_id: uuid::Uuid::new_v4().to_string(),
+        issued_at: Utc::now(),
+        kind: loa_protocol::CommandKind::TestTone { seconds },
+    };
+    if let Err(error) = state.distributor.send_command(&id, &command).await {
+        tracing::error!(receiver = %id, %error, "cannot send the test tone command");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bus_unavailable",
+            format!("cannot reach the receivers' MQTT broker: {error}"),
+            "Không gửi được lệnh tới cụm loa (chưa kết nối tới máy chủ MQTT). Vui lòng thử lại.",
+        ));
+    }
+    tracing::info!(receiver = %id, seconds, command = %command.command_id, "test tone sent");
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(ToneAccepted {
+            command_id: command.command_id.clone(),
+        }),
+    )
+        .into_response();
+    response.extensions_mut().insert(AuditDetail(
+        serde_json::json!({"seconds": seconds, "command_id": command.command_id}),
+    ));
+    Ok(response)
 }

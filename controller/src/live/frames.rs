@@ -343,7 +343,7 @@ impl Publisher {
             opus,
         };
         self.seq = self.seq.wrapping_add(1);
-        let bytes = frame.encode();
+        let bytes = frame.encode(self.bus.signer().key());
         for topic in &self.topics {
             if self.bus.publish_frame(topic, &bytes).is_err() {
                 self.stats.unsent.fetch_add(1, Ordering::Relaxed);

@@ -82,7 +82,9 @@ impl TestApp {
         let db = db::open(dir.path()).await.unwrap();
         db::ensure_admin(&db, Some(PASSWORD)).await.unwrap();
         let store = AudioStore::open(dir.path()).unwrap();
-        let state = AppState::new(db.clone(), store, Distributor::default(), max_upload_bytes);
+        let signer = loa_controller::signing::Signer::open(dir.path()).unwrap();
+        let state = AppState::new(db.clone(), store, Distributor::default(), max_upload_bytes)
+            .with_controller_key(signer.public_key());
         let app = server::app(state);
         let mut t = TestApp {
             app,

@@ -78,7 +78,7 @@ impl LiveTest {
         let store = AudioStore::open(dir.path()).unwrap();
         let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap()).unwrap();
         let broker_url = broker.url();
-        let bus = Bus::connect_live(&broker_url, &unique("live"))
+        let bus = Bus::connect_live(&broker_url, &unique("live"), signer())
             .await
             .unwrap();
         assert!(bus.wait_ready(WAIT).await, "live link connects");
@@ -310,7 +310,7 @@ impl FrameListener {
                     Ok(Event::Incoming(Packet::SubAck(_))) => drop(ack_tx.send(())),
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let at = Instant::now();
-                        match LiveFrame::decode(&p.payload) {
+                        match LiveFrame::decode_verified(&p.payload, &signer().public_key()) {
                             Ok(frame) => drop(tx.send(Received {
                                 topic: p.topic.clone(),
                                 frame,
@@ -550,4 +550,33 @@ pub fn check_stream(received: &[Received], broadcast_id: &str) -> Vec<LiveFrame>
         "End follows the last audio frame"
     );
     audio
+}
+
+/// The controller signing key every bus of this test binary signs with
+/// (created once, in a directory kept for the run).
+pub fn signer() -> std::sync::Arc<loa_controller::signing::Signer> {
+    static SIGNER: std::sync::OnceLock<std::sync::Arc<loa_controller::signing::Signer>> =
+        std::sync::OnceLock::new();
+    SIGNER
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap().keep();
+            std::sync::Arc::new(loa_controller::signing::Signer::open(&dir).unwrap())
+        })
+        .clone()
+}
+
+/// Checks that `publish` is signed by [`signer`] for its topic and decodes
+/// the message inside.
+pub fn open<T: serde::de::DeserializeOwned>(publish: &rumqttc::Publish) -> T {
+    let mut verifier =
+        loa_protocol::signed::Verifier::new(signer().public_key(), Default::default());
+    let opened = verifier
+        .verify(
+            &publish.topic,
+            &publish.payload,
+            chrono::Utc::now(),
+            loa_protocol::signed::Freshness::WithinSecs(600),
+        )
+        .expect("signed by the test controller for this topic");
+    loa_protocol::decode(opened.payload.as_bytes()).expect("message decodes")
 }

@@ -280,3 +280,32 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The controller signing key every bus of this test binary signs with
+/// (created once, in a directory kept for the run).
+pub fn signer() -> std::sync::Arc<loa_controller::signing::Signer> {
+    static SIGNER: std::sync::OnceLock<std::sync::Arc<loa_controller::signing::Signer>> =
+        std::sync::OnceLock::new();
+    SIGNER
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap().keep();
+            std::sync::Arc::new(loa_controller::signing::Signer::open(&dir).unwrap())
+        })
+        .clone()
+}
+
+/// Checks that `publish` is signed by [`signer`] for its topic and decodes
+/// the message inside.
+pub fn open<T: serde::de::DeserializeOwned>(publish: &rumqttc::Publish) -> T {
+    let mut verifier =
+        loa_protocol::signed::Verifier::new(signer().public_key(), Default::default());
+    let opened = verifier
+        .verify(
+            &publish.topic,
+            &publish.payload,
+            chrono::Utc::now(),
+            loa_protocol::signed::Freshness::WithinSecs(600),
+        )
+        .expect("signed by the test controller for this topic");
+    loa_protocol::decode(opened.payload.as_bytes()).expect("message decodes")
+}

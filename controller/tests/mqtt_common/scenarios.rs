@@ -55,7 +55,7 @@ fn sample_schedule(receiver_id: &str) -> ReceiverSchedule {
 pub async fn retained_schedule_reaches_late_subscriber(url: &str) {
     let receiver = unique("r");
     let topic = ReceiverTopic::Schedule.for_receiver(&receiver);
-    let (bus, _events) = Bus::connect(url, &unique("ctl")).await.unwrap();
+    let (bus, _events) = Bus::connect(url, &unique("ctl"), signer()).await.unwrap();
     assert!(bus.wait_ready(WAIT).await, "controller bus ready");
     let mut early = TestClient::connect(url, &unique("early"), None).await;
     early.subscribe(&topic).await;
@@ -63,10 +63,7 @@ pub async fn retained_schedule_reaches_late_subscriber(url: &str) {
     let schedule = sample_schedule(&receiver);
     bus.publish_retained_schedule(&schedule).await.unwrap();
     let live = early.next_on(&topic, WAIT).await.expect("live schedule");
-    assert_eq!(
-        loa_protocol::decode::<ReceiverSchedule>(&live.payload).unwrap(),
-        schedule
-    );
+    assert_eq!(open::<ReceiverSchedule>(&live), schedule);
 
     let mut late = TestClient::connect(url, &unique("late"), None).await;
     late.subscribe(&topic).await;
@@ -75,10 +72,7 @@ pub async fn retained_schedule_reaches_late_subscriber(url: &str) {
         .await
         .expect("retained schedule for a late subscriber");
     assert!(retained.retain, "delivered from the retained store");
-    assert_eq!(
-        loa_protocol::decode::<ReceiverSchedule>(&retained.payload).unwrap(),
-        schedule
-    );
+    assert_eq!(open::<ReceiverSchedule>(&retained), schedule);
 }
 
 /// A receiver that vanishes without DISCONNECT gets its last will published,
@@ -152,7 +146,7 @@ pub fn report(receiver: &str, report_id: &str) -> PlayReport {
 async fn next_ack(client: &mut TestClient, receiver: &str) -> ReportAck {
     let topic = ReceiverTopic::Acks.for_receiver(receiver);
     let ack = client.next_on(&topic, WAIT).await.expect("report ack");
-    loa_protocol::decode(&ack.payload).unwrap()
+    open(&ack)
 }
 
 /// Statuses and reports go through the controller's ingest into the
@@ -164,7 +158,7 @@ pub async fn ingest_stores_statuses_and_acks_reports(url: &str) {
     add_receiver(&db, "r1", "z1").await;
     add_receiver(&db, "r2", "z1").await;
     let shutdown = CancellationToken::new();
-    let (bus, events) = Bus::connect(url, &unique("ctl")).await.unwrap();
+    let (bus, events) = Bus::connect(url, &unique("ctl"), signer()).await.unwrap();
     let ingest = loa_controller::ingest::spawn(
         db.clone(),
         bus.clone(),
@@ -304,7 +298,7 @@ pub async fn ingest_stores_statuses_and_acks_reports(url: &str) {
 pub async fn reports_sent_while_controller_away_arrive_on_reconnect(url: &str) {
     let controller_id = unique("ctl");
     let receiver = unique("r");
-    let (bus, events) = Bus::connect(url, &controller_id).await.unwrap();
+    let (bus, events) = Bus::connect(url, &controller_id, signer()).await.unwrap();
     assert!(bus.wait_ready(WAIT).await, "controller bus ready");
     drop((bus, events));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -320,7 +314,7 @@ pub async fn reports_sent_while_controller_away_arrive_on_reconnect(url: &str) {
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let (bus, mut events) = Bus::connect(url, &controller_id).await.unwrap();
+    let (bus, mut events) = Bus::connect(url, &controller_id, signer()).await.unwrap();
     let got = tokio::time::timeout(WAIT, async {
         loop {
             match events.recv().await {

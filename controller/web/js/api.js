@@ -69,6 +69,7 @@ export async function api(method, path, body) {
 export const get = (path) => api("GET", path);
 export const post = (path, body) => api("POST", path, body === undefined ? {} : body);
 export const patch = (path, body) => api("PATCH", path, body);
+export const put = (path, body) => api("PUT", path, body);
 export const del = (path) => api("DELETE", path);
 
 /** Fetches a file (audio, CSV) with the session token, as a Blob. */

@@ -131,6 +131,15 @@ const EN = {
   "Đối tượng": "Object",
   "Kết quả": "Result",
   "Có lỗi xảy ra.": "Something went wrong.",
+  "Loa": "Amplifier",
+  "đang bật": "on",
+  "đang tắt": "off",
+  "không rõ": "unknown",
+  "Âm lượng": "Volume",
+  "Đang lưu…": "Saving…",
+  "Đã lưu âm lượng {v}%.": "Volume set to {v}%.",
+  "Phát âm thử": "Test tone",
+  "Đã gửi lệnh phát âm thử 5 giây.": "Test tone (5 s) sent.",
   "Không kết nối được với máy chủ.": "Cannot reach the controller.",
 };
 

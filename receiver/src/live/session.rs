@@ -268,11 +268,10 @@ impl PlayerThread {
             );
         }
         if priority == Priority::Emergency
-            && let Err(e) = self.amp.set_power(true)
+            && let Err(e) = self.set_amp(true)
         {
             tracing::error!(error = %e, "cannot switch the amplifier on for an emergency broadcast");
         }
-        let gain = self.gain_for(priority);
         let ahead = self.write_ahead_us();
         {
             let offset = self.live_offset();
@@ -374,6 +373,8 @@ impl PlayerThread {
             if from_us.is_some() && error.abs() < super::drift::REANCHOR_US {
                 s.max_error_us = s.max_error_us.max(error.abs());
             }
+            // Read per frame: a volume set from the console applies at once.
+            let gain = self.gain_for(priority);
             if gain != 1.0 {
                 frame.iter_mut().for_each(|x| *x *= gain);
             }

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,29 @@ use loa_protocol::{PlayEvent, Priority, ProgrammeRef, ReceiverSchedule};
 use sha2::{Digest, Sha256};
 
 pub const RATE: usize = 48_000;
+
+/// The signing key of the test controller.
+pub fn controller_key() -> loa_protocol::signed::SigningKey {
+    loa_protocol::signed::SigningKey::from_bytes(&[42; 32])
+}
+
+/// Its public key as `--controller-key` takes it (base64).
+pub fn controller_public_key() -> String {
+    loa_protocol::signed::public_key_base64(&controller_key().verifying_key())
+}
+
+/// Wraps `payload` for `topic` in an envelope signed by the test
+/// controller, with the next sequence number of this test binary.
+pub fn sign(topic: &str, payload: &[u8]) -> Vec<u8> {
+    sign_at(topic, payload, Utc::now())
+}
+
+/// Like [`sign`], issued at `at`.
+pub fn sign_at(topic: &str, payload: &[u8], at: DateTime<Utc>) -> Vec<u8> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::SeqCst) + 1;
+    loa_protocol::signed::seal(&controller_key(), topic, seq, at, payload).unwrap()
+}
 
 /// A sine tone of `secs` seconds.
 pub fn tone(freq: f32, secs: f32, amplitude: f32) -> Vec<f32> {
@@ -183,7 +206,8 @@ pub fn dominant(samples: &[f32], freqs: &[f32]) -> Vec<Option<f32>> {
 }
 
 /// A minimal HTTP/1.1 server standing in for the controller's audio
-/// endpoint: `GET /api/v1/programmes/{id}/audio` with the right bearer token.
+/// endpoint: `GET /api/v1/programmes/{id}/audio` with the right bearer token
+/// (and `GET /api/v1/controller-key`, answering [`controller_public_key`]).
 pub struct AudioServer {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicUsize>,
@@ -284,6 +308,12 @@ fn serve_one(
     let (status, body) = if !authorised {
         unauthorised.fetch_add(1, Ordering::SeqCst);
         ("401 Unauthorized", b"{\"error\":\"unauthorised\"}".to_vec())
+    } else if path == "/api/v1/controller-key" {
+        let key = controller_public_key();
+        (
+            "200 OK",
+            format!("{{\"public_key\":\"{key}\",\"fingerprint\":\"x\"}}").into_bytes(),
+        )
     } else {
         match id.and_then(|id| files.lock().unwrap().get(id).cloned()) {
             Some(bytes) => ("200 OK", bytes),

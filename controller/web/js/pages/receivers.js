@@ -1,9 +1,10 @@
 // Cụm loa: the loudspeakers on a map drawn from their latitude and
 // longitude (an SVG, no map tiles: works offline), their status, what they
-// play, and — for technicians — zones (with quiet hours), new
-// loudspeakers (their token is shown once) and positions.
+// play, their amplifier, and — for technicians — a volume slider (saved on
+// release), a test tone, zones (with quiet hours), new loudspeakers (their
+// token is shown once) and positions.
 
-import { get, post, patch } from "../api.js";
+import { get, post, patch, put } from "../api.js";
 import { t } from "../i18n.js";
 import { h, mount, card, empty, toast, attempt, dialog, fmtTime } from "../ui.js";
 
@@ -117,7 +118,86 @@ function technicianForms(data, reload) {
   );
 }
 
-function view(ctx, data, reload) {
+/** "Loa: đang bật / đang tắt / không rõ" from the receiver's last status. */
+function amplifier(r) {
+  const [state, text] = r.amplifier_on === true ? ["on", "đang bật"] : r.amplifier_on === false ? ["off", "đang tắt"] : ["unknown", "không rõ"];
+  return h("span", { class: `amp amp-${state}`, "data-amplifier": state }, `${t("Loa")}: ${t(text)}`);
+}
+
+// The last result of each receiver's controls, kept for a while so the
+// list's periodic refresh does not wipe it.
+const results = new Map();
+const RESULT_MS = 15000;
+// When a slider last moved: the list is not refreshed under a moving hand.
+let lastSlide = 0;
+let holding = false;
+window.addEventListener("pointerup", () => (holding = false));
+
+/** The volume slider (saved when released) and the test tone button. */
+function controls(r, reload, followTone) {
+  const value = r.volume ?? 100;
+  const shown = h("output", { class: "volume-value" }, `${value}%`);
+  const result = h("small", { class: "control-result", role: "status", "aria-live": "polite" });
+  const show = (text, kind) => {
+    result.textContent = text;
+    result.className = `control-result ${kind || ""}`.trim();
+    results.set(r.id, { text, kind, at: Date.now() });
+  };
+  const kept = results.get(r.id);
+  if (kept && Date.now() - kept.at < RESULT_MS) show(kept.text, kept.kind);
+  const slider = h("input", {
+    type: "range",
+    min: 0,
+    max: 100,
+    step: 1,
+    value,
+    class: "volume",
+    "aria-label": `${t("Âm lượng")} ${r.name}`,
+    "data-receiver": r.id,
+  });
+  slider.addEventListener("input", () => {
+    lastSlide = Date.now();
+    shown.textContent = `${slider.value}%`;
+  });
+  slider.addEventListener("pointerdown", () => (holding = true));
+  slider.addEventListener("change", async () => {
+    holding = false;
+    slider.disabled = true;
+    show(t("Đang lưu…"));
+    try {
+      const saved = await put(`/receivers/${encodeURIComponent(r.id)}/volume`, { volume: Number(slider.value) });
+      show(t("Đã lưu âm lượng {v}%.", { v: saved.volume }), "ok");
+    } catch (e) {
+      show(e.message || t("Có lỗi xảy ra."), "error");
+      slider.value = value;
+      shown.textContent = `${value}%`;
+    } finally {
+      slider.disabled = false;
+    }
+  });
+  const tone = h("button", { class: "small", type: "button", "data-test-tone": r.id }, t("Phát âm thử"));
+  tone.addEventListener("click", async () => {
+    tone.disabled = true;
+    try {
+      await post(`/receivers/${encodeURIComponent(r.id)}/test-tone`, { seconds: 5 });
+      show(t("Đã gửi lệnh phát âm thử 5 giây."), "ok");
+      followTone();
+    } catch (e) {
+      show(e.message || t("Có lỗi xảy ra."), "error");
+    } finally {
+      setTimeout(() => (tone.disabled = false), 2000);
+    }
+  });
+  return h(
+    "div",
+    { class: "receiver-controls" },
+    h("label", { class: "volume-label" }, t("Âm lượng"), slider, shown),
+    tone,
+    result,
+  );
+}
+
+function view(ctx, data, reload, followTone) {
   const tech = ctx.me.permissions.manage_devices;
   const titles = new Map(data.programmes.map((p) => [p.id, p.title]));
   const zoneName = new Map(data.zones.map((z) => [z.id, z.name]));
@@ -134,7 +214,9 @@ function view(ctx, data, reload) {
         h("small", {}, r.now_playing ? `▶ ${titles.get(r.now_playing.programme_id) || t("Phát trực tiếp")}` : `${t("Bộ nhớ")}: ${r.cached.length} ${t("chương trình")}`, r.lat != null ? ` · ${r.lat.toFixed(5)}, ${r.lon.toFixed(5)}` : ` · ${t("Chưa có toạ độ")}`),
       ),
       h("span", { class: `badge ${r.online ? "online" : "offline"}` }, t(r.online ? "Trực tuyến" : "Ngoại tuyến")),
+      amplifier(r),
       tech ? h("div", { class: "actions" }, h("button", { class: "small", onclick: () => editPosition(r, reload) }, t("Toạ độ"))) : null,
+      tech ? controls(r, reload, followTone) : null,
     ),
   );
   const zones = data.zones.map((z) =>
@@ -168,16 +250,30 @@ export async function render(root, ctx) {
   };
   const status = h("div");
   const forms = h("div");
-  // The status part refreshes by itself; the forms only after a change,
-  // so typing is never interrupted.
-  const refresh = async () => mount(status, view(ctx, await load(), reload));
+  // After a test tone the list refreshes every second for a while, so the
+  // amplifier's state shows as the receiver reports it.
+  let fastUntil = 0;
+  const followTone = () => (fastUntil = Date.now() + 15000);
+  // The status part refreshes by itself (not while a slider is being
+  // moved, i.e. within 3 s of its last movement); the forms only after a change, so typing is never interrupted.
+  const busy = () => holding || Date.now() - lastSlide < 3000;
+  const refresh = async () => {
+    const data = await load();
+    if (!busy()) mount(status, view(ctx, data, reload, followTone));
+  };
   const reload = async () => {
     const data = await load();
-    mount(status, view(ctx, data, reload));
+    mount(status, view(ctx, data, reload, followTone));
     mount(forms, ctx.me.permissions.manage_devices ? technicianForms(data, reload) : null);
   };
   await reload();
   mount(root, status, forms);
-  const timer = setInterval(() => refresh().catch(() => {}), 10000);
+  let last = Date.now();
+  const timer = setInterval(() => {
+    const every = Date.now() < fastUntil ? 1000 : 10000;
+    if (Date.now() - last < every) return;
+    last = Date.now();
+    refresh().catch(() => {});
+  }, 500);
   return () => clearInterval(timer);
 }
