@@ -12,16 +12,38 @@
 //!   arrives. Then `offset = ((t2 − t1) + (t3 − t4)) / 2` (controller minus
 //!   receiver) and `rtt = (t4 − t1) − (t3 − t2)`.
 //! - Requests go out in a burst at every (re)connection ([`BURST`]
-//!   requests [`BURST_GAP`] apart), then every [`PERIOD`].
-//! - [`OffsetFilter`] keeps the last [`WINDOW`] samples and uses only the
-//!   lowest-RTT half of them: a sample delayed on one leg (broker or network
-//!   queueing) has a larger RTT and a biased offset, so it is left out. The
-//!   estimate is the median of those samples' offsets, each carried forward
-//!   to the present with the clock skew (the rate at which the offset
-//!   drifts, a few ppm between two crystals), estimated with the
-//!   Theil–Sen median of pairwise slopes once samples span [`SKEW_MIN_SPAN_US`].
-//!   A step of the controller's clock (three consistent samples far from the
-//!   estimate) resets the window.
+//!   requests about [`BURST_GAP`] apart), then about every [`PERIOD`]
+//!   ([`SyncSchedule`]) — every [`RETRY`] while the window holds fewer than
+//!   [`SETTLED_SAMPLES`] samples with a round trip near its best, spread
+//!   over [`SETTLED_SPAN_US`] (a burst that met a congested broker). Every gap is randomised (±50 % in the burst, ±25 %
+//!   after it) and the burst starts after a random delay of up to
+//!   [`CONNECT_JITTER`]: receivers that (re)connect together — after a power
+//!   cut or a broker restart — would otherwise ask in lockstep, and their
+//!   requests would queue behind each other at the broker and the
+//!   controller, which inflates the round trips and biases the offsets.
+//! - [`OffsetFilter`] keeps up to [`WINDOW`] samples. Each sample bounds the
+//!   offset to ± half its round trip (the asymmetry of the two legs is at
+//!   most the round trip). A sample whose bounds do not overlap those of
+//!   most others cannot be honest if they are (a controller clock that
+//!   stepped and stepped back, a forged reply) and is left out, however
+//!   short its round trip. Of the rest, only those whose round trip is close
+//!   to the window's best are used ([`rtt_limit`]: at most the best plus a
+//!   quarter of it, or plus [`RTT_SLACK_US`]): a sample delayed on one leg
+//!   (broker or network queueing) has a larger RTT and a biased offset, so
+//!   it is left out. "Best" counts a sample's age as extra round trip
+//!   ([`AGE_DISPERSION`], as NTP's dispersion), so that fresh samples take
+//!   over from old ones as drift makes those uncertain.
+//! - When the window is full the sample dropped is the worst by that same
+//!   measure (the newest [`KEEP_NEWEST`] always stay), so a long spell of
+//!   congestion — a live broadcast to a thousand receivers on one broker —
+//!   cannot flush out the clean samples taken before it.
+//! - The estimate is the median of the kept samples' offsets, each carried
+//!   forward to the newest with the clock skew (the rate at which the offset
+//!   drifts, a few ppm between two crystals), the Theil–Sen median of
+//!   pairwise slopes of the short-RTT samples of any age, once they span
+//!   [`SKEW_MIN_SPAN_US`]. A step of the controller's clock (three
+//!   consistent samples further from the estimate than [`STEP_US`] plus half
+//!   their own RTT) resets the window.
 //!
 //! The receiver's side of every exchange is [`local_now_us`]: a monotonic
 //! clock (never stepped, only slewed) expressed in Unix microseconds as of
@@ -39,16 +61,37 @@ use tokio_util::sync::CancellationToken;
 
 use crate::link::Link;
 
-/// Samples kept (at [`PERIOD`], about 80 s of history).
+/// Samples kept (the lowest-RTT ones of up to [`MAX_AGE_US`]).
 pub const WINDOW: usize = 16;
+/// The newest samples never dropped for their RTT (step detection looks at them).
+pub const KEEP_NEWEST: usize = 3;
 /// Requests sent at each (re)connection.
 pub const BURST: u32 = 8;
-/// Gap between the requests of a burst.
+/// Mean gap between the requests of a burst (each one drawn in ±50 %).
 pub const BURST_GAP: Duration = Duration::from_millis(100);
-/// Gap between requests once the burst is over.
+/// Mean gap between requests once the burst is over (each one drawn in ±25 %).
 pub const PERIOD: Duration = Duration::from_secs(5);
-/// Gap between requests while fewer than [`MIN_SAMPLES`] replies arrived.
+/// Mean gap between requests while the clock is not settled — fewer than
+/// [`SETTLED_SAMPLES`] samples with a round trip near the window's best,
+/// e.g. the burst met a congested broker (each one drawn in ±50 %).
 pub const RETRY: Duration = Duration::from_secs(1);
+/// Samples near the window's best round trip for the clock to be settled
+/// (see [`OffsetFilter::is_settled`]).
+pub const SETTLED_SAMPLES: usize = 3;
+/// ... taken at least this far apart, first to last (not all in one burst
+/// that may have met a transient spell of congestion).
+pub const SETTLED_SPAN_US: i64 = 3_000_000;
+/// The first request after a (re)connection waits a random delay up to this.
+pub const CONNECT_JITTER: Duration = Duration::from_millis(500);
+/// Samples whose RTT exceeds the window's minimum by at most this (or by a
+/// quarter of the minimum, whichever is larger) are used for the estimate.
+pub const RTT_SLACK_US: i64 = 200;
+/// How fast a sample's offset grows uncertain with age (µs per µs): the
+/// drift left after the skew correction, as NTP's 15 ppm dispersion rate.
+pub const AGE_DISPERSION: f64 = 15e-6;
+/// Slack when comparing two samples' bounds (clock reading granularity); the
+/// bounds also widen by [`MAX_SKEW`] times the time between the samples.
+pub const BOUND_SLACK_US: i64 = 100;
 /// Replies needed before the estimate is trusted.
 pub const MIN_SAMPLES: usize = 2;
 /// A reply whose round trip took longer than this is useless and dropped.
@@ -194,12 +237,23 @@ impl OffsetFilter {
             .retain(|s| sample.local_us - s.local_us <= MAX_AGE_US);
         self.samples.push_back(sample);
         while self.samples.len() > WINDOW {
-            self.samples.pop_front();
+            // The worst sample among the older ones goes (highest RTT plus
+            // age dispersion; the oldest of equals): clean samples outlive
+            // a spell of congestion, yet fresh ones replace them in time.
+            let older = self.samples.len().saturating_sub(KEEP_NEWEST);
+            let worst = (0..older)
+                .max_by_key(|&i| {
+                    let s = &self.samples[i];
+                    (quality(s, sample.local_us), std::cmp::Reverse(s.local_us))
+                })
+                .unwrap_or(0);
+            self.samples.remove(worst);
         }
         self.detect_step();
     }
 
-    /// Three consistent newest samples far from what the older ones say
+    /// Three consistent newest samples far from what the older ones say —
+    /// further than [`STEP_US`] beyond what their own RTT could explain —
     /// mean a clock step: keep only them.
     fn detect_step(&mut self) {
         let n = self.samples.len();
@@ -218,7 +272,7 @@ impl OffsetFilter {
         };
         if newest
             .iter()
-            .all(|s| (s.offset_us - before.offset_at(s.local_us)).abs() > STEP_US)
+            .all(|s| (s.offset_us - before.offset_at(s.local_us)).abs() > STEP_US + s.rtt_us / 2)
         {
             tracing::warn!(
                 from_us = before.offset_at(newest[2].local_us),
@@ -229,6 +283,30 @@ impl OffsetFilter {
         }
     }
 
+    /// Whether the window holds [`SETTLED_SAMPLES`] samples whose round
+    /// trip is near its best ([`rtt_limit`]), taken over at least
+    /// [`SETTLED_SPAN_US`]: the best is then no fluke of one quiet moment,
+    /// nor are all samples from one congested spell. Until then requests go
+    /// out at [`RETRY`], not [`PERIOD`].
+    pub fn is_settled(&self) -> bool {
+        let Some(min) = self.samples.iter().map(|s| s.rtt_us).min() else {
+            return false;
+        };
+        let limit = rtt_limit(min);
+        let near: Vec<i64> = self
+            .samples
+            .iter()
+            .filter(|s| s.rtt_us <= limit)
+            .map(|s| s.local_us)
+            .collect();
+        let span = near
+            .iter()
+            .max()
+            .zip(near.iter().min())
+            .map_or(0, |(a, b)| a - b);
+        near.len() >= SETTLED_SAMPLES && span >= SETTLED_SPAN_US
+    }
+
     /// The filtered estimate, if there is any sample.
     pub fn estimate(&self) -> Option<Estimate> {
         let samples: Vec<Sample> = self.samples.iter().copied().collect();
@@ -236,24 +314,100 @@ impl OffsetFilter {
     }
 }
 
-/// The median of the lowest-RTT half of `samples`, with skew (module docs).
-fn estimate(samples: &[Sample]) -> Option<Estimate> {
-    if samples.is_empty() {
-        return None;
+/// The largest RTT of a sample used for the estimate, given the window's
+/// smallest: a sample with RTT `r` bounds the offset to ± `r`/2, so those
+/// much slower than the best say little and are biased by their queueing.
+pub fn rtt_limit(min_rtt_us: i64) -> i64 {
+    min_rtt_us.saturating_add((min_rtt_us / 4).max(RTT_SLACK_US))
+}
+
+/// The offset bounds a sample gives: the truth lies within ± half its RTT.
+fn bounds(s: &Sample) -> (i64, i64) {
+    let half = s.rtt_us / 2 + BOUND_SLACK_US;
+    (s.offset_us - half, s.offset_us + half)
+}
+
+/// Whether two samples' bounds overlap, allowing for the drift between them.
+fn agree(a: &Sample, b: &Sample) -> bool {
+    let drift = (MAX_SKEW * (a.local_us - b.local_us).abs() as f64).ceil() as i64;
+    let ((alo, ahi), (blo, bhi)) = (bounds(a), bounds(b));
+    alo <= bhi + drift && blo <= ahi + drift
+}
+
+/// The samples whose bounds overlap those of at least half of the others
+/// (all of them if none does). An honest exchange always contains the true
+/// offset in its bounds, so honest samples all agree; one that disagrees
+/// with most — a controller clock that stepped and stepped back, a forged
+/// reply — is left out, however short its round trip.
+fn consistent(samples: &[Sample]) -> Vec<Sample> {
+    let n = samples.len();
+    let kept: Vec<Sample> = samples
+        .iter()
+        .enumerate()
+        .filter(|&(i, a)| {
+            let agreeing = samples
+                .iter()
+                .enumerate()
+                .filter(|&(j, b)| j != i && agree(a, b))
+                .count();
+            2 * agreeing >= n - 1
+        })
+        .map(|(_, s)| *s)
+        .collect();
+    if kept.is_empty() {
+        samples.to_vec()
+    } else {
+        kept
     }
-    let mut best: Vec<Sample> = samples.to_vec();
-    best.sort_by_key(|s| (s.rtt_us, std::cmp::Reverse(s.local_us)));
-    best.truncate(samples.len().div_ceil(2));
-    // Outliers would tilt the skew: keep samples near the plain median.
-    let mut offsets: Vec<f64> = best.iter().map(|s| s.offset_us as f64).collect();
+}
+
+/// How good a sample is now: its RTT plus twice the offset uncertainty its
+/// age adds ([`AGE_DISPERSION`] per µs, as NTP's dispersion), so that a
+/// fresh sample with a slightly longer round trip beats an old one.
+fn quality(s: &Sample, newest_us: i64) -> i64 {
+    let age = newest_us.saturating_sub(s.local_us).max(0);
+    s.rtt_us
+        .saturating_add((2.0 * AGE_DISPERSION * age as f64).min(i64::MAX as f64 / 2.0) as i64)
+}
+
+/// Samples near the median of `samples`' offsets (so that outliers cannot
+/// tilt the skew); all of them if none is.
+fn near_median(samples: Vec<Sample>) -> Vec<Sample> {
+    let mut offsets: Vec<f64> = samples.iter().map(|s| s.offset_us as f64).collect();
     let plain = median(&mut offsets);
-    let inliers: Vec<Sample> = best
+    let inliers: Vec<Sample> = samples
         .iter()
         .copied()
         .filter(|s| (s.offset_us as f64 - plain).abs() <= INLIER_US as f64)
         .collect();
-    let best = if inliers.is_empty() { best } else { inliers };
-    let skew = skew(&best);
+    if inliers.is_empty() { samples } else { inliers }
+}
+
+/// The median of the consistent samples whose quality (RTT, plus age) is
+/// near the best, projected to the newest of them with the skew of the
+/// samples whose RTT is near the smallest (module docs).
+fn estimate(samples: &[Sample]) -> Option<Estimate> {
+    if samples.is_empty() {
+        return None;
+    }
+    let consistent = consistent(samples);
+    let newest = consistent.iter().map(|s| s.local_us).max()?;
+    // The skew, from every sample with a short round trip, whatever its age.
+    let min_rtt = consistent.iter().map(|s| s.rtt_us).min()?;
+    let fast: Vec<Sample> = consistent
+        .iter()
+        .copied()
+        .filter(|s| s.rtt_us <= rtt_limit(min_rtt))
+        .collect();
+    let skew = skew(&near_median(fast));
+    // The offset, from the best samples now.
+    let min_quality = consistent.iter().map(|s| quality(s, newest)).min()?;
+    let best: Vec<Sample> = consistent
+        .iter()
+        .copied()
+        .filter(|s| quality(s, newest) <= rtt_limit(min_quality))
+        .collect();
+    let best = near_median(best);
     let ref_us = best.iter().map(|s| s.local_us).max()?;
     let mut projected: Vec<f64> = best
         .iter()
@@ -381,6 +535,12 @@ impl Clock {
         self.lock().filter.len()
     }
 
+    /// Whether the estimate rests on several good samples
+    /// ([`OffsetFilter::is_settled`]); the sync task asks faster until it does.
+    pub fn is_settled(&self) -> bool {
+        self.lock().filter.is_settled()
+    }
+
     /// Whether enough replies arrived to trust the estimate.
     pub fn is_synced(&self) -> bool {
         self.samples() >= MIN_SAMPLES
@@ -413,17 +573,89 @@ impl Clock {
     }
 }
 
-/// Sends clock requests over `link` until `shutdown`: a burst at every
-/// (re)connection, then one every [`PERIOD`] ([`RETRY`] while unsynced).
+/// When to send clock requests (module docs): a burst after each
+/// (re)connection, then a slow period, every gap randomised so that a fleet
+/// of receivers does not ask in lockstep. Pure (no I/O, no clock), so the
+/// benchmark's lightweight receivers follow exactly this schedule too.
+#[derive(Debug, Clone)]
+pub struct SyncSchedule {
+    /// xorshift64* state; never 0.
+    rng: u64,
+    /// Requests of the current burst still to send.
+    burst_left: u32,
+}
+
+impl SyncSchedule {
+    /// A schedule whose jitter is drawn from `seed` (any value).
+    pub fn new(seed: u64) -> SyncSchedule {
+        // splitmix64 of the seed, so nearby seeds give unrelated sequences.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        SyncSchedule {
+            rng: z.max(1),
+            burst_left: 0,
+        }
+    }
+
+    /// A schedule seeded from the process's random hasher keys and `salt`
+    /// (e.g. the receiver id), different on every start.
+    pub fn random(salt: &str) -> SyncSchedule {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write(salt.as_bytes());
+        h.write_i64(Utc::now().timestamp_micros());
+        SyncSchedule::new(h.finish())
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `mean` scaled by a factor drawn uniformly in [1 − `spread`, 1 + `spread`).
+    fn around(&mut self, mean: Duration, spread: f64) -> Duration {
+        mean.mul_f64(1.0 - spread + 2.0 * spread * self.unit())
+    }
+
+    /// The link (re)connected: a new burst starts after the returned delay.
+    pub fn on_connect(&mut self) -> Duration {
+        self.burst_left = BURST;
+        CONNECT_JITTER.mul_f64(self.unit())
+    }
+
+    /// A request was just sent; `settled` tells whether the clock has
+    /// enough good replies ([`Clock::is_settled`]). Returns the delay before
+    /// the next request.
+    pub fn after_request(&mut self, settled: bool) -> Duration {
+        self.burst_left = self.burst_left.saturating_sub(1);
+        if self.burst_left > 0 {
+            self.around(BURST_GAP, 0.5)
+        } else if settled {
+            self.around(PERIOD, 0.25)
+        } else {
+            self.around(RETRY, 0.5)
+        }
+    }
+}
+
+/// Sends clock requests over `link` until `shutdown`, on a [`SyncSchedule`].
 pub async fn run_sync(clock: Clock, link: Link, shutdown: CancellationToken) {
+    // How often the connection state is looked at.
     let tick = Duration::from_millis(50);
+    let mut schedule = SyncSchedule::random(&format!("{:p}", Arc::as_ptr(&clock.state)));
     let mut seen = 0u64;
-    let mut burst_left = 0u32;
     let mut next_due = tokio::time::Instant::now();
     loop {
+        let now = tokio::time::Instant::now();
+        let wake = next_due.clamp(now, now + tick);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep_until(wake) => {}
         }
         if !link.is_connected() {
             continue;
@@ -431,23 +663,15 @@ pub async fn run_sync(clock: Clock, link: Link, shutdown: CancellationToken) {
         let generation = link.connection_generation();
         if generation != seen {
             seen = generation;
-            burst_left = BURST;
-            next_due = tokio::time::Instant::now();
+            next_due = tokio::time::Instant::now() + schedule.on_connect();
+            continue;
         }
         let now = tokio::time::Instant::now();
         if now < next_due {
             continue;
         }
         link.publish_clock_request(&clock.request());
-        let gap = if burst_left > 0 {
-            burst_left -= 1;
-            BURST_GAP
-        } else if clock.is_synced() {
-            PERIOD
-        } else {
-            RETRY
-        };
-        next_due = now + gap;
+        next_due = now + schedule.after_request(clock.is_settled());
     }
 }
 
@@ -498,7 +722,7 @@ mod tests {
     }
 
     #[test]
-    fn lowest_rtt_half_rejects_asymmetric_queueing() {
+    fn near_minimum_rtt_rejects_asymmetric_queueing() {
         let offset = 1_234_567;
         let mut seed = 42;
         let mut filter = OffsetFilter::new();
@@ -582,6 +806,237 @@ mod tests {
         filter.push(exchange(12 * 5_000_000, 1_000_000, 300, 300));
         assert_eq!(filter.len(), 3);
         assert_eq!(filter.estimate().unwrap().offset_at(60_000_000), 1_000_000);
+    }
+
+    #[test]
+    fn only_samples_near_the_minimum_rtt_count() {
+        // What a loaded broker does: two clean exchanges (300 µs each way),
+        // and fourteen that queued 0.6–3 ms, mostly on the way back (the
+        // reply waits behind live frames), so their offsets lean negative.
+        // The lowest-RTT half (eight samples) would take six of them in.
+        let offset = 80_000;
+        let mut seed = 3;
+        let mut filter = OffsetFilter::new();
+        for i in 0..WINDOW as i64 {
+            let (up, down) = if i == 4 || i == 11 {
+                (300, 300)
+            } else {
+                let queued = 600 + noise(&mut seed, 2_400);
+                (300 + queued / 5, 300 + queued * 4 / 5)
+            };
+            filter.push(exchange(i * 200_000, offset, up, down));
+        }
+        let e = filter.estimate().unwrap();
+        // Exactly the two clean samples (RTT 600, limit 900).
+        assert_eq!(e.samples, 2);
+        assert_eq!(e.offset_at(e.ref_us), offset);
+        // The old rule, for comparison: the median of the lowest-RTT half.
+        let mut half: Vec<Sample> = filter.samples.iter().copied().collect();
+        half.sort_by_key(|s| s.rtt_us);
+        half.truncate(WINDOW / 2);
+        let mut offsets: Vec<f64> = half.iter().map(|s| s.offset_us as f64).collect();
+        let old = median(&mut offsets) - offset as f64;
+        assert!(old < -150.0, "the lowest-RTT half is biased: {old}");
+    }
+
+    #[test]
+    fn a_sample_outside_the_others_bounds_is_left_out() {
+        let mut filter = OffsetFilter::new();
+        // Honest samples with all kinds of asymmetry: every one's bounds
+        // contain the truth (0), so all agree and none is left out.
+        let mut seed = 5;
+        for i in 0..6 {
+            let up = 200 + noise(&mut seed, 3_000);
+            let down = 200 + noise(&mut seed, 3_000);
+            filter.push(exchange(i * 1_000_000, 0, up, down));
+        }
+        let samples: Vec<Sample> = filter.samples.iter().copied().collect();
+        assert_eq!(consistent(&samples).len(), samples.len());
+        // The shortest round trip of all, but 8 ms off: it cannot be honest
+        // if the others are (their bounds overlap each other's, not its).
+        filter.push(exchange(6_000_000, 8_000, 100, 100));
+        let samples: Vec<Sample> = filter.samples.iter().copied().collect();
+        let kept = consistent(&samples);
+        assert_eq!(kept.len(), samples.len() - 1);
+        assert!(kept.iter().all(|s| s.offset_us != 8_000));
+        let e = filter.estimate().unwrap();
+        // What the honest samples' bounds allow (each is within ± 1.7 ms).
+        assert!(e.offset_at(e.ref_us).abs() <= 1_700, "{e:?}");
+        assert!(bounds(&samples[6]).0 > 7_000);
+        // Bounds widen with the time between samples (drift at MAX_SKEW).
+        let a = exchange(0, 0, 100, 100);
+        let b = exchange(100_000_000, 12_000, 100, 100);
+        assert!(agree(&a, &b) && !agree(&a, &exchange(1_000_000, 12_000, 100, 100)));
+    }
+
+    #[test]
+    fn fresh_samples_take_over_as_old_ones_age() {
+        // Quiet at connection (RTT 300 µs), then a long congested spell with
+        // round trips of 1.5 ms while the offset drifts 20 ppm: 100 s later
+        // the old samples, however clean, are 2 ms stale.
+        let drift = |t: i64| t / 50_000;
+        let mut filter = OffsetFilter::new();
+        for i in 0..4 {
+            filter.push(exchange(i * 100_000, drift(i * 100_000), 150, 150));
+        }
+        let t = 100_000_000;
+        filter.push(exchange(t, drift(t), 700, 800));
+        // Old: 300 µs + 2 × 15 ppm × 100 s = 3.3 ms; new: 1.5 ms.
+        let e = filter.estimate().unwrap();
+        assert_eq!(e.samples, 1);
+        let err = e.offset_at(t) - drift(t);
+        assert!(err.abs() <= 750, "error {err} µs");
+        // A few seconds after the quiet spell, the old samples still win.
+        let mut filter = OffsetFilter::new();
+        for i in 0..4 {
+            filter.push(exchange(i * 100_000, 0, 150, 150));
+        }
+        filter.push(exchange(5_000_000, 0, 700, 800));
+        assert_eq!(filter.estimate().unwrap().samples, 4);
+    }
+
+    #[test]
+    fn settled_takes_several_samples_near_the_best_rtt() {
+        let mut filter = OffsetFilter::new();
+        assert!(!filter.is_settled());
+        // A burst that met a congested broker: one less bad than the rest.
+        for (i, down) in [27_000, 68_000, 140_000, 310_000].into_iter().enumerate() {
+            filter.push(exchange(i as i64 * 100_000, 0, 300, down));
+        }
+        assert!(!filter.is_settled());
+        // Quiet again: two clean samples are not yet three.
+        filter.push(exchange(1_000_000, 0, 300, 300));
+        filter.push(exchange(2_500_000, 0, 300, 350));
+        assert!(!filter.is_settled());
+        filter.push(exchange(4_000_000, 0, 320, 300));
+        assert!(filter.is_settled());
+        // Three in one burst are not enough either: they may all have met
+        // the same spell of congestion.
+        let mut burst = OffsetFilter::new();
+        for i in 0..8 {
+            burst.push(exchange(i * 100_000, 0, 300, 20_000 + i * 50));
+        }
+        assert!(!burst.is_settled());
+        let mut schedule = SyncSchedule::new(9);
+        schedule.on_connect();
+        for _ in 0..BURST {
+            schedule.after_request(filter.is_settled());
+        }
+        assert!(schedule.after_request(filter.is_settled()) >= PERIOD * 3 / 4);
+    }
+
+    #[test]
+    fn the_rtt_limit_is_relative_with_a_floor() {
+        assert_eq!(rtt_limit(0), RTT_SLACK_US);
+        assert_eq!(rtt_limit(300), 300 + RTT_SLACK_US);
+        assert_eq!(rtt_limit(4_000), 5_000);
+        assert_eq!(rtt_limit(i64::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn congestion_does_not_flush_out_clean_samples() {
+        let offset = -3_000;
+        let mut seed = 11;
+        let mut filter = OffsetFilter::new();
+        // Eight clean samples at connection (burst)...
+        for i in 0..8 {
+            filter.push(exchange(i * 100_000, offset, 250, 270));
+        }
+        // ... then a long broadcast to a thousand receivers: every reply
+        // queues 20–100 ms behind live frames (requests 0–10 ms), for far
+        // longer than the window holds.
+        for i in 0..40 {
+            let up = 250 + noise(&mut seed, 10_000);
+            let down = 20_000 + noise(&mut seed, 80_000);
+            filter.push(exchange(1_000_000 + i * 2_500_000, offset, up, down));
+        }
+        assert_eq!(filter.len(), WINDOW);
+        let e = filter.estimate().unwrap();
+        let err = e.offset_at(e.ref_us) - offset;
+        // The clean samples survive and are the only ones used (the newest
+        // congested one was taken 98.5 s after them: no skew from 8 samples
+        // within 0.7 s).
+        assert_eq!(e.samples, 8);
+        assert!(err.abs() <= 10, "error {err} µs");
+        assert_eq!(e.skew, 0.0);
+    }
+
+    #[test]
+    fn congested_samples_are_not_a_clock_step() {
+        let mut filter = OffsetFilter::new();
+        for i in 0..8 {
+            filter.push(exchange(i * 1_000_000, 0, 300, 300));
+        }
+        // Three replies that each waited ~60 ms: offsets ~ −30 ms, consistent
+        // with each other, further than STEP_US from the estimate — but no
+        // further than their RTT explains. Not a step.
+        for i in 8..11 {
+            filter.push(exchange(i * 1_000_000, 0, 300, 60_000 + i * 100));
+        }
+        assert_eq!(filter.len(), 11);
+        assert_eq!(filter.estimate().unwrap().offset_at(11_000_000), 0);
+    }
+
+    #[test]
+    fn the_schedule_is_a_jittered_burst_then_a_jittered_period() {
+        let mut schedule = SyncSchedule::new(1);
+        for round in 0..3 {
+            let first = schedule.on_connect();
+            assert!(first < CONNECT_JITTER, "{first:?}");
+            let mut gaps = Vec::new();
+            for _ in 0..BURST - 1 {
+                let gap = schedule.after_request(false);
+                assert!(
+                    gap >= BURST_GAP / 2 && gap < BURST_GAP * 3 / 2,
+                    "round {round}: {gap:?}"
+                );
+                gaps.push(gap);
+            }
+            // Not all equal: the gaps are drawn.
+            assert!(gaps.iter().any(|g| *g != gaps[0]), "{gaps:?}");
+            // The burst's last request sent: the slow period, or the retry
+            // rate while not settled.
+            let unsettled = schedule.after_request(false);
+            assert!(unsettled >= RETRY / 2 && unsettled < RETRY * 3 / 2);
+            for _ in 0..20 {
+                let gap = schedule.after_request(true);
+                assert!(gap >= PERIOD * 3 / 4 && gap < PERIOD * 5 / 4, "{gap:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn receivers_that_connect_together_do_not_ask_together() {
+        // A thousand receivers reconnect in the same instant (a broker
+        // restart): when does each send its first and its ninth request?
+        let mut firsts = Vec::new();
+        let mut ninths = Vec::new();
+        for seed in 0..1_000u64 {
+            let mut schedule = SyncSchedule::new(seed);
+            let mut t = schedule.on_connect();
+            firsts.push(t.as_micros() as i64);
+            for _ in 0..BURST {
+                t += schedule.after_request(true);
+            }
+            ninths.push(t.as_micros() as i64);
+        }
+        // Busiest 10 ms slot: in lockstep it would hold all thousand.
+        let busiest = |times: &[i64]| {
+            let mut slots = std::collections::HashMap::new();
+            for t in times {
+                *slots.entry(t / 10_000).or_insert(0) += 1;
+            }
+            slots.into_values().max().unwrap_or(0)
+        };
+        assert!(busiest(&firsts) <= 40, "{}", busiest(&firsts));
+        assert!(busiest(&ninths) <= 40, "{}", busiest(&ninths));
+        // Same seed, same schedule; another seed, another one.
+        let draw = |seed| {
+            let mut s = SyncSchedule::new(seed);
+            (s.on_connect(), s.after_request(false))
+        };
+        assert_eq!(draw(5), draw(5));
+        assert_ne!(draw(5), draw(6));
     }
 
     #[test]

@@ -185,6 +185,13 @@ async fn fan_out(
          once per receiver count",
         programme.duration_ms
     ));
+    art.figure(
+        "sync spread = per frame, max − min over receivers of the true instant each would play it: \
+         capture + playout delay − that receiver's own clock-offset estimate (receiver clock.rs: \
+         Clock, OffsetFilter, SyncSchedule), converted to the system clock, which is the \
+         controller's clock; so it is the spread of the receivers' clock-estimate errors. \
+         Clock estimate error = estimate − true offset.",
+    );
     for &n in counts {
         let ids: Vec<String> = (0..n).map(|i| format!("bench-{n}-{i}")).collect();
         let started = std::time::Instant::now();
@@ -220,14 +227,58 @@ async fn fan_out(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let ends = fleet.ends();
+        let fleet_truth = fleet.truth_us;
         let logs = fleet.stop().await;
         let f = figures(&logs);
+        let truth_moved = loa_e2e::fleet::true_offset_us() - fleet_truth;
+        if let Err(e) = write_logs(art, n, &logs) {
+            art.figure(format!("{n:>5} receivers: could not write the logs: {e:#}"));
+        }
         art.figure(format!(
-            "{} (connected and synced in {ready_s:.1} s; End frames seen {ends})",
+            "{} (connected and synced in {ready_s:.1} s; End frames seen {ends}; \
+             system clock moved {truth_moved} µs against the receivers' clock)",
             f.summary()
         ));
         rows.push(f);
     }
+    Ok(())
+}
+
+/// Every member's clock exchanges and every 25th frame, as CSV, for a
+/// closer look (`clock_{n}.csv`, `frames_{n}.csv`; errors against the true
+/// offset, µs).
+fn write_logs(art: &Artifacts, n: usize, logs: &[loa_e2e::fleet::MemberLog]) -> Result<()> {
+    use std::io::Write;
+    let mut w =
+        std::io::BufWriter::new(std::fs::File::create(art.path(&format!("clock_{n}.csv")))?);
+    writeln!(w, "member,t4_us,offset_error_us,rtt_us")?;
+    for (m, l) in logs.iter().enumerate() {
+        for c in &l.clock {
+            writeln!(w, "{m},{},{},{}", c.local_us, c.offset_us, c.rtt_us)?;
+        }
+    }
+    w.flush()?;
+    let mut w =
+        std::io::BufWriter::new(std::fs::File::create(art.path(&format!("frames_{n}.csv")))?);
+    writeln!(
+        w,
+        "member,seq,capture_us,arrival_us,playout_us,offset_error_us"
+    )?;
+    for (m, l) in logs.iter().enumerate() {
+        for f in l.frames.iter().step_by(25) {
+            let opt = |v: Option<i64>| v.map_or(String::new(), |v| v.to_string());
+            writeln!(
+                w,
+                "{m},{},{},{},{},{}",
+                f.seq,
+                f.capture_us,
+                f.arrival_us,
+                opt(f.playout_us),
+                opt(f.offset_us)
+            )?;
+        }
+    }
+    w.flush()?;
     Ok(())
 }
 

@@ -1,11 +1,19 @@
 //! Lightweight in-process receivers for the live benchmark: each is an MQTT
 //! client (rumqttc) that does what a real receiver does on the network —
 //! subscribes to its zone's live topic, runs the NTP-style clock exchange
-//! with the controller, and computes every frame's playout instant
-//! (`capture_us + playout_delay_ms`, moved to its own clock with the median
-//! of its recent offset samples) — and notes when each frame arrived. It
-//! decodes no audio and plays nothing, so a thousand of them fit on one
-//! machine next to the real controller and its embedded broker.
+//! with the controller with the receiver's own code (a
+//! [`loa_receiver::clock::Clock`] stamping on the receiver's clock
+//! [`local_now_us`], requests on a [`SyncSchedule`]), and computes every
+//! frame's playout instant as the receiver's player does
+//! (`capture_us + playout_delay_ms − clock.offset_us()`, on its own clock) —
+//! and notes when each frame arrived. It decodes no audio and plays nothing,
+//! so a thousand of them fit on one machine next to the real controller and
+//! its embedded broker.
+//!
+//! Honest timing: the controller's clock is this machine's system clock, so
+//! every instant a member computes on its own clock is converted back to the
+//! system clock ([`now_us`] − [`local_now_us`], read together) before it is
+//! recorded; the spread between members is then a spread of true instants.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,10 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
 use loa_protocol::live::{
-    ClockReply, ClockRequest, FrameKind, LiveFrame, clock_reply_topic, clock_request_topic,
-    zone_live_topic,
+    ClockReply, FrameKind, LiveFrame, clock_reply_topic, clock_request_topic, zone_live_topic,
 };
-use loa_receiver::clock::{BURST, BURST_GAP, OffsetFilter, PERIOD, Sample};
+use loa_receiver::clock::{Clock, SyncSchedule, local_now_us};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::task::JoinHandle;
 
@@ -32,20 +39,24 @@ pub struct FrameSeen {
     pub seq: u32,
     /// Capture instant, controller clock (Unix µs).
     pub capture_us: i64,
-    /// When it arrived, member's clock (Unix µs).
+    /// When it arrived, true time (system clock, Unix µs).
     pub arrival_us: i64,
-    /// When the member would play it, its own clock (Unix µs); `None` if it
-    /// had no clock estimate yet.
+    /// When the member would play it, true time (system clock, Unix µs):
+    /// `capture_us + playout_delay − estimated offset` on its own clock,
+    /// converted to the system clock; `None` if it had no clock estimate yet.
     pub playout_us: Option<i64>,
-    /// The member's estimate of (controller − own clock) then, µs. Members
-    /// share the controller's clock, so this is the estimate's error.
+    /// The error of the member's estimate of (controller − own clock) then,
+    /// µs: estimate minus truth (the controller's clock is the system clock).
     pub offset_us: Option<i64>,
 }
 
 /// One clock exchange.
 #[derive(Debug, Clone, Copy)]
 pub struct ClockSample {
-    /// Controller minus member clock, µs.
+    /// When the reply arrived (`t4`), member's clock (Unix µs).
+    pub local_us: i64,
+    /// The error of this exchange's offset (controller minus member clock
+    /// as the exchange says, minus the true offset), µs.
     pub offset_us: i64,
     /// Round trip minus the controller's turnaround, µs.
     pub rtt_us: i64,
@@ -66,6 +77,8 @@ pub struct MemberLog {
 
 /// A running fleet; [`Fleet::stop`] disconnects and hands back the logs.
 pub struct Fleet {
+    /// The true offset ([`true_offset_us`]) the members were measured against.
+    pub truth_us: i64,
     logs: Vec<Arc<Mutex<MemberLog>>>,
     clients: Vec<AsyncClient>,
     tasks: Vec<JoinHandle<()>>,
@@ -79,13 +92,34 @@ pub fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
+/// System clock minus the receivers' clock ([`local_now_us`]), µs: the true
+/// offset the members estimate (the controller uses the system clock). Both
+/// clocks are slewed alike (CLOCK_REALTIME and CLOCK_MONOTONIC), so this is
+/// a constant unless the system clock is stepped; it is read once, as the
+/// tightest of several brackets (local, system, local) — a thread preempted
+/// between two reads would otherwise put milliseconds of error into it.
+pub fn true_offset_us() -> i64 {
+    let mut best = (i64::MAX, 0);
+    for _ in 0..50 {
+        let before = local_now_us();
+        let system = now_us();
+        let after = local_now_us();
+        if after - before < best.0 {
+            best = (after - before, system - (before + after) / 2);
+        }
+    }
+    best.1
+}
+
 impl Fleet {
     /// Connects `ids.len()` members to the broker at `host:port`, all in
     /// `zone`, [`BATCH`] at a time every [`BATCH_GAP`] (boards do not all
     /// boot in the same millisecond; a connection storm would also skew
     /// every member's first clock samples).
     pub async fn start(host: &str, port: u16, zone: &str, ids: &[String]) -> Result<Self> {
+        let truth = true_offset_us();
         let mut fleet = Fleet {
+            truth_us: truth,
             logs: Vec::new(),
             clients: Vec::new(),
             tasks: Vec::new(),
@@ -105,44 +139,38 @@ impl Fleet {
             let request_topic = clock_request_topic(id);
             let task_log = log.clone();
             let task_client = client.clone();
-            // Clock requests from their own task, so the event loop is only
+            // Clock requests from their own task, on the receiver's
+            // schedule (same jitter, same burst), so the event loop is only
             // ever polled to completion (never cancelled mid-packet).
-            let pending: Arc<Mutex<BTreeMap<u64, i64>>> = Arc::default();
-            let ticker_pending = pending.clone();
+            let clock = Clock::new();
+            let ticker_clock = clock.clone();
+            let mut schedule = SyncSchedule::random(id);
+            let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let ticker_connected = connected.clone();
             let ticker = tokio::spawn(async move {
-                for seq in 0u64.. {
-                    // The receiver's schedule: a burst, then one request every PERIOD.
-                    let gap = if seq < u64::from(BURST) {
-                        BURST_GAP
-                    } else {
-                        PERIOD
-                    };
-                    let req = ClockRequest {
-                        seq,
-                        t1_us: now_us(),
-                    };
-                    if let Ok(body) = serde_json::to_vec(&req)
-                        && task_client
-                            .try_publish(&request_topic, QoS::AtMostOnce, false, body)
-                            .is_ok()
-                    {
-                        let mut p = ticker_pending.lock().unwrap_or_else(|e| e.into_inner());
-                        p.insert(req.seq, req.t1_us);
-                        while p.len() > 32 {
-                            p.pop_first();
-                        }
+                // As run_sync: nothing before the link is up, then a burst
+                // after a random delay.
+                while !ticker_connected.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(schedule.on_connect()).await;
+                loop {
+                    let req = ticker_clock.request();
+                    if let Ok(body) = serde_json::to_vec(&req) {
+                        let _ =
+                            task_client.try_publish(&request_topic, QoS::AtMostOnce, false, body);
                     }
-                    tokio::time::sleep(gap).await;
+                    tokio::time::sleep(schedule.after_request(ticker_clock.is_settled())).await;
                 }
             });
             let sub_client = client.clone();
             let task = tokio::spawn(async move {
-                let mut filter = OffsetFilter::new();
                 loop {
                     match eventloop.poll().await {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                             let _ = sub_client.try_subscribe(&live_topic, QoS::AtMostOnce);
                             let _ = sub_client.try_subscribe(&reply_topic, QoS::AtMostOnce);
+                            connected.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
                         Ok(Event::Incoming(Packet::SubAck(_))) => {
                             if let Ok(mut l) = task_log.lock() {
@@ -150,22 +178,23 @@ impl Fleet {
                             }
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
-                            let arrival_us = now_us();
+                            // As the receiver's link does: stamp on arrival.
+                            let arrived = local_now_us();
                             if p.topic == live_topic {
                                 let Ok(frame) = LiveFrame::decode(&p.payload) else {
                                     continue;
                                 };
-                                let estimate = filter.estimate();
+                                // As the receiver's player does (live_offset).
+                                let offset = clock.offset_us();
                                 let mut l = task_log.lock().unwrap_or_else(|e| e.into_inner());
                                 match frame.kind {
                                     FrameKind::End => l.ends += 1,
                                     FrameKind::Audio => l.frames.push(FrameSeen {
                                         seq: frame.seq,
                                         capture_us: frame.capture_us,
-                                        arrival_us,
-                                        playout_us: estimate
-                                            .map(|e| frame.playout_us() - e.offset_at(arrival_us)),
-                                        offset_us: estimate.map(|e| e.offset_at(arrival_us)),
+                                        arrival_us: arrived + truth,
+                                        playout_us: offset.map(|o| frame.playout_us() - o + truth),
+                                        offset_us: offset.map(|o| o - truth),
                                     }),
                                 }
                             } else if p.topic == reply_topic {
@@ -173,25 +202,15 @@ impl Fleet {
                                 else {
                                     continue;
                                 };
-                                let sent = pending
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .remove(&reply.seq);
-                                if sent != Some(reply.t1_us) {
-                                    continue;
-                                }
-                                let Ok(sample) = Sample::from_exchange(
-                                    reply.t1_us,
-                                    reply.t2_us,
-                                    reply.t3_us,
-                                    arrival_us,
-                                ) else {
+                                let Ok(sample) = clock.on_reply(&reply, arrived) else {
                                     continue;
                                 };
-                                filter.push(sample);
-                                let (offset_us, rtt_us) = (sample.offset_us, sample.rtt_us);
                                 if let Ok(mut l) = task_log.lock() {
-                                    l.clock.push(ClockSample { offset_us, rtt_us });
+                                    l.clock.push(ClockSample {
+                                        local_us: sample.local_us,
+                                        offset_us: sample.offset_us - truth,
+                                        rtt_us: sample.rtt_us,
+                                    });
                                 }
                             }
                         }

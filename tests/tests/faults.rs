@@ -623,12 +623,7 @@ fn controller_killed_during_an_upload() -> Result<()> {
         );
         let leftovers = files_under(&site.controller.data)?
             .into_iter()
-            .filter(|p| {
-                let s = p.to_string_lossy();
-                !(s.ends_with(".db") || s.ends_with(".db-wal") || s.ends_with(".db-shm"))
-                    && !s.contains("signing")
-                    && !s.contains("key")
-            })
+            .filter(|p| !is_controller_state(p))
             .collect::<Vec<_>>();
         art.figure(format!(
             "after the restart: {} programmes listed, files in the data directory besides the database: {leftovers:?}",
@@ -1046,6 +1041,19 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The controller's own files in its data directory: the database and
+/// its signing key and sequence reservation.
+fn is_controller_state(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    [".db", ".db-wal", ".db-shm"]
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
+        || name.starts_with("signing.")
 }
 
 /// Every file under `dir`, recursively.
