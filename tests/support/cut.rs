@@ -198,13 +198,7 @@ fn connect_pair(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) ->
 /// Copies `from` → `to` until either end closes or the link is cut: a
 /// reader that stamps each chunk with its delivery time, and a writer that
 /// delivers chunks in order when due.
-fn pipe(
-    mut from: TcpStream,
-    to: TcpStream,
-    shared: &Arc<Shared>,
-    generation: u64,
-    paced: bool,
-) {
+fn pipe(mut from: TcpStream, to: TcpStream, shared: &Arc<Shared>, generation: u64, paced: bool) {
     let _ = from.set_read_timeout(Some(POLL));
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
     let writer = {
