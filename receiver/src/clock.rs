@@ -134,9 +134,15 @@ pub fn local_us_of(instant: Instant) -> i64 {
     }
 }
 
-/// The wall-clock (UTC) instant of a local-clock reading, for reports.
+/// The wall-clock (UTC) instant of a local-clock reading, for log lines;
+/// reports use [`Clock::utc_of_local`].
 pub fn utc_of_local(local_us: i64) -> DateTime<Utc> {
     Utc::now() + chrono::Duration::microseconds(local_us - local_now_us())
+}
+
+/// The UTC instant of a reading in Unix microseconds.
+fn utc_of_us(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or(DateTime::UNIX_EPOCH)
 }
 
 /// One completed exchange.
@@ -557,6 +563,20 @@ impl Clock {
     /// Controller minus local clock now, if synced.
     pub fn offset_us(&self) -> Option<i64> {
         self.estimate().map(|e| e.offset_at(local_now_us()))
+    }
+
+    /// What time it is for this receiver: the controller's clock by the
+    /// exchange's estimate, or else the local monotonic clock (anchored to
+    /// the wall clock at process start). Scheduled plays, reports and
+    /// message ages are judged by it, so a jump of the board's wall clock
+    /// (no RTC, a bad NTP step, a technician's `date -s`) moves nothing.
+    pub fn now_utc(&self) -> DateTime<Utc> {
+        utc_of_us(self.controller_now_us().unwrap_or_else(local_now_us))
+    }
+
+    /// The [`now_utc`](Self::now_utc) instant of a local-clock reading, for reports.
+    pub fn utc_of_local(&self, local_us: i64) -> DateTime<Utc> {
+        utc_of_us(local_us + self.offset_us().unwrap_or(0))
     }
 
     /// The controller's clock now (Unix µs), if synced.

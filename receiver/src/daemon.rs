@@ -58,14 +58,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let cache = Cache::open(dir)?;
     let reports = ReportQueue::open(dir)?;
     let mut ledger = Ledger::open(dir)?;
-    if let Some(event) = ledger.resume_interrupted_play(Utc::now(), RESUME_MARGIN)? {
+    // The receiver's time (the controller's clock once synchronised; the
+    // local monotonic clock until then), immune to jumps of the wall clock.
+    let clock = Clock::new();
+    if let Some(event) = ledger.resume_interrupted_play(clock.now_utc(), RESUME_MARGIN)? {
         tracing::warn!(%event, "a play was cut short by the last shutdown (power cut, crash or restart); joining it again where its timeline is now");
     } else if let Some(report) = ledger.interrupted_play() {
         tracing::warn!(event = %report.event_id, "a play was cut short by the last shutdown; reporting it as failed");
         if !reports.contains(&report.report_id) {
             reports.enqueue(&report)?;
         }
-        ledger.mark_finished(&report.event_id, Utc::now())?;
+        ledger.mark_finished(&report.event_id, clock.now_utc())?;
     }
     let store = ScheduleStore::open(dir, &config.receiver_id)?;
     let current = store.current().cloned().map(Arc::new);
@@ -73,7 +76,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let (volume, emergency_volume) = gains(&config, settings.current());
 
     let (player_tx, mut player_rx) = mpsc::unbounded_channel();
-    let clock = Clock::new();
     let player_config = PlayerConfig {
         receiver_id: config.receiver_id.clone(),
         output: config.output.clone(),
@@ -100,7 +102,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         &config.token,
         cache.clone(),
         config.cache_grace,
-    )?;
+    )?
+    .with_clock(clock.clone());
     let fetcher_task = tokio::spawn({
         let (cache, stop) = (cache.clone(), stop.clone());
         async move {
@@ -142,7 +145,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         })
     });
     link.set_zone(store.current().and_then(|s| s.zone.as_deref()));
-    let clock_task = tokio::spawn(clock::run_sync(clock, link.clone(), stop.clone()));
+    let clock_task = tokio::spawn(clock::run_sync(clock.clone(), link.clone(), stop.clone()));
 
     let mut daemon = Daemon {
         config: &config,
@@ -159,6 +162,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         volume,
         amplifier_on: None,
         seen_commands: HashMap::new(),
+        clock,
     };
     daemon
         .serve(&mut inbound_rx, &mut player_rx, &mut cached_rx, shutdown)
@@ -212,6 +216,8 @@ struct Daemon<'a> {
     /// Command ids already taken, and when, so a repeated delivery is
     /// ignored; forgotten after twice the commands' maximum age.
     seen_commands: HashMap<String, Instant>,
+    /// The receiver's time (see [`Clock::now_utc`]).
+    clock: Clock,
 }
 
 /// The output gains in force: the console's settings if any arrived, else
@@ -298,7 +304,7 @@ impl Daemon<'_> {
                 self.player.set_schedule(current.clone());
                 self.link.set_zone(current.zone.as_deref());
                 let ids: HashSet<&str> = current.events.iter().map(|e| e.id.as_str()).collect();
-                if let Err(e) = self.ledger.prune(&ids, Utc::now()) {
+                if let Err(e) = self.ledger.prune(&ids, self.clock.now_utc()) {
                     tracing::warn!(error = %e, "cannot prune the play ledger");
                 }
                 self.schedule_tx.send_replace(Some(current));
@@ -335,7 +341,7 @@ impl Daemon<'_> {
     }
 
     fn on_command(&mut self, command: ReceiverCommand) {
-        let now = Utc::now();
+        let now = self.clock.now_utc();
         let forget = Duration::from_secs(2 * COMMAND_MAX_AGE_SECS as u64);
         self.seen_commands.retain(|_, at| at.elapsed() < forget);
         if !command_is_fresh(command.issued_at, now) {
@@ -415,7 +421,7 @@ impl Daemon<'_> {
         let status = ReceiverStatus {
             receiver_id: self.config.receiver_id.clone(),
             online: true,
-            sent_at: Utc::now(),
+            sent_at: self.clock.now_utc(),
             now_playing: self.now_playing.clone(),
             cached,
             schedule_version: self.store.version(),

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use loa_protocol::{ProgrammeRef, ReceiverSchedule};
 use tokio::sync::{mpsc, watch};
@@ -54,6 +54,8 @@ pub struct Fetcher {
     grace: Duration,
     /// When each unreferenced cached file was first seen unreferenced.
     unreferenced_since: HashMap<String, Instant>,
+    /// The receiver's time, if given (else the wall clock).
+    clock: Option<crate::clock::Clock>,
 }
 
 impl Fetcher {
@@ -75,7 +77,15 @@ impl Fetcher {
             cache,
             grace,
             unreferenced_since: HashMap::new(),
+            clock: None,
         })
+    }
+
+    /// Judges which events are still to come by the receiver's time
+    /// ([`Clock::now_utc`](crate::clock::Clock::now_utc)) instead of the wall clock.
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Keeps the cache in step with the schedule until `shutdown`. Sends on
@@ -125,7 +135,11 @@ impl Fetcher {
         shutdown: &CancellationToken,
     ) -> usize {
         let mut failed = 0;
-        for (id, programme) in needed(schedule) {
+        let now = self
+            .clock
+            .as_ref()
+            .map_or_else(Utc::now, crate::clock::Clock::now_utc);
+        for (id, programme) in needed_at(schedule, now) {
             if shutdown.is_cancelled() {
                 break;
             }
@@ -221,7 +235,11 @@ impl Fetcher {
 /// The programmes with events still to come (or under way), each once,
 /// ordered by the start of their first such event.
 pub fn needed(schedule: &ReceiverSchedule) -> Vec<(String, ProgrammeRef)> {
-    let now = Utc::now();
+    needed_at(schedule, Utc::now())
+}
+
+/// [`needed`] as of `now`.
+pub fn needed_at(schedule: &ReceiverSchedule, now: DateTime<Utc>) -> Vec<(String, ProgrammeRef)> {
     let mut first: BTreeMap<&str, chrono::DateTime<Utc>> = BTreeMap::new();
     for event in schedule.events.iter().filter(|e| e.natural_end() > now) {
         let at = first

@@ -386,13 +386,7 @@ impl Link {
                     if self.take_live(&publish.topic, &publish.payload, arrived) {
                         continue;
                     }
-                    let now = self
-                        .live
-                        .hooks
-                        .clock
-                        .controller_now_us()
-                        .and_then(chrono::DateTime::from_timestamp_micros)
-                        .unwrap_or_else(chrono::Utc::now);
+                    let now = self.live.hooks.clock.now_utc();
                     let Some(payload) = self.trust.open(&publish.topic, &publish.payload, now)
                     else {
                         continue;

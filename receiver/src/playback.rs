@@ -35,7 +35,7 @@ use chrono::{DateTime, Duration, Utc};
 use loa_protocol::{Interruption, NowPlaying, PlayOutcome};
 use loa_schedules::PlannedPlay;
 
-use crate::clock::{local_now_us, utc_of_local};
+use crate::clock::local_now_us;
 use crate::live::drift::SAMPLE_US;
 use crate::live::session::LiveExit;
 use crate::opus_source::{DecodeError, OpusSource};
@@ -216,7 +216,7 @@ impl PlayerThread {
                     // Past the start, audio that arrives late (a fetch
                     // after a power cut, a slow link) is still joined where
                     // the programme's timeline is, until too little is left.
-                    let now = Utc::now();
+                    let now = self.now();
                     if now >= p.start && now >= p.end - LATE_JOIN_MIN_LEFT {
                         tracing::error!(event = %p.event.id, error = %e, "audio not available in time for the play");
                         return Step::Fail(
@@ -265,12 +265,12 @@ impl PlayerThread {
     /// Waits for `d` (feeding silence if the output is open) while
     /// applying commands; false if the play should be dropped.
     fn idle(&mut self, p: &mut PlannedPlay, d: Duration) -> bool {
-        let until = Utc::now() + d;
+        let until = self.now() + d;
         loop {
             if !self.still_planned(p) {
                 return false;
             }
-            let left = until - Utc::now();
+            let left = until - self.now();
             if left <= Duration::zero() {
                 return true;
             }
@@ -302,7 +302,7 @@ impl PlayerThread {
             // will then hold it off; one of equal or higher priority keeps
             // the loudspeaker past it.
             let heard = local_now_us() + self.sink.delay().as_micros() as i64;
-            let start = local_now_us() + (p.start - Utc::now()).num_microseconds().unwrap_or(0);
+            let start = local_now_us() + (p.start - self.now()).num_microseconds().unwrap_or(0);
             if q >= p.event.priority || start > heard + FRAME_US {
                 tracing::debug!(event = %p.event.id, "a live broadcast takes the loudspeaker before the play begins");
                 return false;
@@ -311,7 +311,7 @@ impl PlayerThread {
         if !changed {
             return true;
         }
-        match self.next_play(Utc::now()) {
+        match self.next_play(self.now()) {
             Some(q) if q.event.id == p.event.id && q.start == p.start => {
                 *p = q;
                 true
@@ -330,7 +330,7 @@ impl PlayerThread {
             if !self.still_planned(p) {
                 return Step::Abort;
             }
-            let heard = Utc::now() + Duration::from_std(self.sink.delay()).unwrap_or_default();
+            let heard = self.now() + Duration::from_std(self.sink.delay()).unwrap_or_default();
             let gap = samples(p.start - heard);
             if gap <= 0 {
                 return Step::Go(heard);
@@ -358,7 +358,7 @@ impl PlayerThread {
         if late > Duration::zero() {
             // Join in progress; skipping may itself take a moment, so catch up once more.
             let _ = source.skip(samples(late).max(0) as u64);
-            let heard = Utc::now() + Duration::from_std(self.sink.delay()).unwrap_or_default();
+            let heard = self.now() + Duration::from_std(self.sink.delay()).unwrap_or_default();
             let behind = samples(heard - p.start) - source.position() as i64;
             if behind > 0 {
                 let _ = source.skip(behind as u64);
@@ -473,7 +473,7 @@ impl PlayerThread {
         {
             self.sink.clear();
         }
-        let ended_at = Utc::now() + Duration::from_std(self.sink.delay()).unwrap_or_default();
+        let ended_at = self.now() + Duration::from_std(self.sink.delay()).unwrap_or_default();
         self.audio_tail = Some((
             local_now_us() + self.sink.delay().as_micros() as i64,
             p.event.priority,
@@ -609,8 +609,8 @@ impl PlayerThread {
         }
         let interruption = on_air.map(|on| Interruption {
             broadcast_id: on.broadcast_id,
-            from: utc_of_local(on.from_us),
-            to: utc_of_local(on.to_us),
+            from: self.config.clock.utc_of_local(on.from_us),
+            to: self.config.clock.utc_of_local(on.to_us),
         });
         if let Some(i) = &interruption {
             tracing::info!(event = %p.event.id, broadcast = %i.broadcast_id, from = %i.from, to = %i.to, "play resumes after a live broadcast");

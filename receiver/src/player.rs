@@ -319,6 +319,11 @@ pub(crate) struct PlayerThread {
 }
 
 impl PlayerThread {
+    /// What time it is for the player (see [`Clock::now_utc`]).
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.config.clock.now_utc()
+    }
+
     fn new(
         config: PlayerConfig,
         sink: Box<dyn AudioSink>,
@@ -356,7 +361,7 @@ impl PlayerThread {
     fn run(mut self) {
         tracing::info!(output = ?self.config.output, "player ready");
         while !self.stopping {
-            let now = Utc::now();
+            let now = self.now();
             self.report_missed(now);
             if let Some(q) = self.live_priority() {
                 // The broadcast takes the loudspeaker, unless a play of

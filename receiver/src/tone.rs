@@ -10,7 +10,7 @@
 //! the loudspeaker or a play's lead-in begins. Outcomes go back to the async
 //! side as [`PlayerEvent::TestTone`] for the log.
 
-use chrono::{Duration, Utc};
+use chrono::Duration;
 
 use crate::player::{PlayerEvent, PlayerThread, ToneOutcome};
 
@@ -59,7 +59,7 @@ impl PlayerThread {
         if self.live_priority().is_some() {
             return Some("a live broadcast is on air");
         }
-        let now = Utc::now();
+        let now = self.now();
         let prepare = Duration::from_std(self.config.prepare).unwrap_or_default();
         match self.next_play(now) {
             Some(p) if p.start <= now => Some("a scheduled programme is on air"),

@@ -255,7 +255,7 @@ impl Trust {
             Ok(frame) => {
                 let (now_us, limit_us) = match controller_now_us {
                     Some(now) => (now, MAX_FRAME_AGE_SYNCED_US),
-                    None => (Utc::now().timestamp_micros(), MAX_FRAME_AGE_UNSYNCED_US),
+                    None => (crate::clock::local_now_us(), MAX_FRAME_AGE_UNSYNCED_US),
                 };
                 let age_us = now_us.saturating_sub(frame.capture_us);
                 if age_us.saturating_abs() > limit_us {

@@ -25,8 +25,8 @@ pub struct WavReceiver {
     /// Binary and `run` arguments, kept for restarts.
     bin: PathBuf,
     args: Vec<String>,
-    /// Network namespace it runs in (`ip netns exec`), if any.
-    netns: Option<String>,
+    /// Extra environment.
+    env: Vec<(String, String)>,
     /// The process; `None` after [`kill9`](Self::kill9).
     process: Option<ChildProcess>,
 }
@@ -43,12 +43,12 @@ impl WavReceiver {
         broker: &str,
         extra: &[&str],
     ) -> Result<Self> {
-        Self::start_in(bins, art, id, token, controller, broker, None, None, extra)
+        Self::start_in(bins, art, id, token, controller, broker, None, &[], extra)
     }
 
     /// Like [`start`](Self::start) with the cache in `cache` (e.g. a small
-    /// tmpfs) instead of the artifact directory, and inside network
-    /// namespace `netns` if given.
+    /// tmpfs) instead of the artifact directory, with extra environment
+    /// (e.g. libfaketime's, to move its wall clock).
     #[allow(clippy::too_many_arguments)]
     pub fn start_in(
         bins: &Binaries,
@@ -58,7 +58,7 @@ impl WavReceiver {
         controller: &str,
         broker: &str,
         cache: Option<PathBuf>,
-        netns: Option<String>,
+        env: &[(String, String)],
         extra: &[&str],
     ) -> Result<Self> {
         let root = art.subdir(id)?;
@@ -90,7 +90,7 @@ impl WavReceiver {
             log: art.path(&format!("{id}.log")),
             bin: bins.receiver.clone(),
             args,
-            netns,
+            env: env.to_vec(),
             process: None,
         };
         receiver.spawn()?;
@@ -98,15 +98,9 @@ impl WavReceiver {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns]).arg(&self.bin);
-                cmd
-            }
-            None => Command::new(&self.bin),
-        };
+        let mut cmd = Command::new(&self.bin);
         cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,loa_receiver=debug".into()),

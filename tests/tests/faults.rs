@@ -88,6 +88,8 @@ struct SiteOptions {
     broker: Option<String>,
     /// Cache directory per receiver (default: in the artifacts).
     caches: Vec<Option<PathBuf>>,
+    /// Extra environment for every receiver.
+    env: Vec<(String, String)>,
 }
 
 impl Site {
@@ -123,7 +125,7 @@ impl Site {
                 &http.http_url(),
                 &mqtt.mqtt_url(),
                 cache,
-                None,
+                &options.env,
                 &[],
             )?);
             links.push((mqtt, http));
@@ -889,6 +891,93 @@ fn receiver_killed_during_a_play_with_its_cache_file_torn() -> Result<()> {
             "the play was not taken up again after the restart: {}",
             rows[0]
         );
+        Ok(())
+    })
+}
+
+/// libfaketime, which moves a process's wall clock (not its monotonic one).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[test]
+fn receiver_wall_clock_jumps_forward_and_back() -> Result<()> {
+    run("fault_clock_jump", async |mut art| {
+        ensure!(
+            Path::new(LIBFAKETIME).exists(),
+            "{LIBFAKETIME} missing: run scripts/setup.sh (package faketime)"
+        );
+        let offset_file = art.path("faketime-offset");
+        std::fs::write(&offset_file, "+0\n")?;
+        let env = vec![
+            ("LD_PRELOAD".to_string(), LIBFAKETIME.to_string()),
+            (
+                "FAKETIME_TIMESTAMP_FILE".to_string(),
+                offset_file.display().to_string(),
+            ),
+            ("FAKETIME_NO_CACHE".to_string(), "1".to_string()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+        ];
+        let mut site = Site::start(
+            &art,
+            SiteOptions {
+                receivers: vec!["loa-1"],
+                env,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let programme = site.upload().await?;
+        let instant = site.schedule_in(&programme, 12).await?;
+        site.wait_cached(&programme, Duration::from_secs(10))
+            .await?;
+        // An hour forward 5 s before the play (a bad NTP step), then half
+        // an hour back during it, then back to true time after it.
+        sleep_until(instant - chrono::Duration::seconds(5)).await;
+        std::fs::write(&offset_file, "+3600\n")?;
+        sleep_until(instant + chrono::Duration::seconds(3)).await;
+        std::fs::write(&offset_file, "-1800\n")?;
+        let rows = site
+            .expect_played(&mut art, &programme, instant, Duration::from_secs(30))
+            .await?;
+        std::fs::write(&offset_file, "+0\n")?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let again = site
+            .api
+            .plays(&format!("programme={}", programme.id))
+            .await?;
+        // The jump took effect: the receiver's own log lines (stamped by its
+        // wall clock) show the future and the past.
+        let log = site.receivers[0].log_text();
+        let stamps: Vec<DateTime<Utc>> = log
+            .lines()
+            .filter_map(|l| {
+                strip_escapes(l)
+                    .split_whitespace()
+                    .next()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc))
+            })
+            .collect();
+        let ahead = stamps
+            .iter()
+            .any(|t| *t > instant + chrono::Duration::minutes(50));
+        let behind = stamps
+            .iter()
+            .any(|t| *t < instant - chrono::Duration::minutes(20));
+        art.figure(format!(
+            "receiver wall clock moved +1 h 5 s before the play, −30 min 3 s into it, back after it \
+             (its log shows the future: {ahead}, the past: {behind}); reports: {} row(s) for the play, 0 replays",
+            again.len()
+        ));
+        ensure!(
+            ahead && behind,
+            "libfaketime did not move the receiver's wall clock"
+        );
+        ensure!(
+            rows.len() == 1 && again.len() == 1,
+            "the play was reported {} times",
+            again.len()
+        );
+        site.receivers[0].ensure_running()?;
         Ok(())
     })
 }

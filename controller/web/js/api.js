@@ -25,19 +25,26 @@ export class ApiError extends Error {
   }
 }
 
-async function failure(response, path) {
+async function failure(response, path, sent) {
   let body = null;
   try {
     body = await response.json();
   } catch {
     body = null;
   }
-  // A refused login is a wrong password, not an expired session.
-  if (response.status === 401 && path !== "/login") {
+  expired(response.status, path, sent);
+  return new ApiError(response.status, body);
+}
+
+/** A 401 logs the console out, unless it is a refused login (a wrong
+ * password) or the answer to a request sent with an earlier session's
+ * token (it finished after a logout or a new login: that session is
+ * already gone, and the current one is fine). */
+function expired(status, path, sent) {
+  if (status === 401 && path !== "/login" && sent && sent === token()) {
     setToken(null);
     window.dispatchEvent(new Event("loa:logout"));
   }
-  return new ApiError(response.status, body);
 }
 
 function headers(json) {
@@ -51,6 +58,7 @@ function headers(json) {
 /** Sends a JSON request; answers the parsed JSON (or null for 204). */
 export async function api(method, path, body) {
   let response;
+  const sent = token();
   try {
     response = await fetch(`/api/v1${path}`, {
       method,
@@ -60,7 +68,7 @@ export async function api(method, path, body) {
   } catch {
     throw new ApiError(0, { message_vi: t("Không kết nối được với máy chủ.") });
   }
-  if (!response.ok) throw await failure(response, path);
+  if (!response.ok) throw await failure(response, path, sent);
   if (response.status === 204) return null;
   const type = response.headers.get("content-type") || "";
   return type.includes("json") ? response.json() : response.text();
@@ -74,8 +82,9 @@ export const del = (path) => api("DELETE", path);
 
 /** Fetches a file (audio, CSV) with the session token, as a Blob. */
 export async function blob(path) {
+  const sent = token();
   const response = await fetch(`/api/v1${path}`, { headers: headers(false) });
-  if (!response.ok) throw await failure(response, path);
+  if (!response.ok) throw await failure(response, path, sent);
   return response.blob();
 }
 
@@ -98,10 +107,7 @@ export function upload(path, form, onProgress, onSent) {
     xhr.onload = () => {
       if (xhr.status >= 200 && xhr.status < 300) resolve(xhr.response);
       else {
-        if (xhr.status === 401) {
-          setToken(null);
-          window.dispatchEvent(new Event("loa:logout"));
-        }
+        expired(xhr.status, path, tk);
         reject(new ApiError(xhr.status, xhr.response));
       }
     };

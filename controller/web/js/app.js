@@ -160,6 +160,8 @@ async function start() {
 
 window.addEventListener("hashchange", render);
 window.addEventListener("loa:logout", () => {
+  // Already on the login page (someone is typing): keep the form as it is.
+  if (!me && document.querySelector("#login-form")) return;
   me = null;
   if (stopPage) stopPage();
   stopPage = null;

@@ -41,14 +41,14 @@
 
 use std::time::Duration as StdDuration;
 
-use chrono::{Duration, Utc};
+use chrono::Duration;
 use loa_protocol::live::FRAME_SAMPLES;
 use loa_protocol::{Interruption, NowPlaying, Priority};
 
 use super::drift::{Adjust, SAMPLE_US, drop_samples, insert_samples};
 use super::jitter::Step;
 use super::{LiveEnd, LiveInput, LiveSummary, TIMEOUT_US};
-use crate::clock::{local_now_us, utc_of_local};
+use crate::clock::local_now_us;
 use crate::player::{MIN_JOIN_REMAINING, PlayerEvent, PlayerThread};
 
 /// Audio written ahead of its playout instant, beyond the sink's latency.
@@ -205,7 +205,7 @@ impl PlayerThread {
     /// The earliest planned play (not yet dealt with) of priority above `q`
     /// that can still be heard: the broadcast must give way at its start.
     pub(crate) fn live_holder(&self, q: Priority) -> Option<(i64, loa_schedules::PlannedPlay)> {
-        let now = Utc::now();
+        let now = self.now();
         let now_local = local_now_us();
         self.plan
             .iter()
@@ -411,9 +411,9 @@ impl PlayerThread {
                 let _ = self.events.send(PlayerEvent::NowPlaying(Some(NowPlaying {
                     programme_id: format!("live:{uuid}"),
                     event_id: uuid.clone(),
-                    started_at: utc_of_local(first_heard),
+                    started_at: self.config.clock.utc_of_local(first_heard),
                 })));
-                tracing::info!(broadcast = %uuid, heard_at = %utc_of_local(first_heard), "first live sample written");
+                tracing::info!(broadcast = %uuid, heard_at = %self.config.clock.utc_of_local(first_heard), "first live sample written");
             }
             if held {
                 break LiveExit::Held;
@@ -447,8 +447,8 @@ impl PlayerThread {
     /// Defers the planned plays of priority ≤ the broadcast's that fell due
     /// while it was on air (all but `exclude`) to its end.
     fn defer_overlapping(&mut self, on_air: &OnAir, exclude: Option<&str>) {
-        let from = utc_of_local(on_air.from_us);
-        let to = utc_of_local(on_air.to_us);
+        let from = self.config.clock.utc_of_local(on_air.from_us);
+        let to = self.config.clock.utc_of_local(on_air.to_us);
         let mut changed = false;
         for p in &self.plan {
             let id = p.event.id.as_str();
