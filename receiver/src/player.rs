@@ -48,6 +48,10 @@ pub const KEEP_OPEN_EXTRA: Duration = Duration::seconds(3);
 pub const MIN_JOIN_REMAINING: Duration = Duration::seconds(1);
 /// Longest sleep while idle; the plan is re-checked at least this often.
 const IDLE_WAIT: StdDuration = StdDuration::from_secs(60);
+/// Longest wait between looks at the time: the receiver's time follows the
+/// controller's clock, whose estimate may move (the first exchange after a
+/// start, a stepped controller clock), so a wait is never computed far ahead.
+const CLOCK_RECHECK: StdDuration = StdDuration::from_millis(250);
 /// Readings of the sink's latency, 5 ms apart, when the output opens.
 const FLOOR_READINGS: usize = 5;
 
@@ -400,7 +404,7 @@ impl PlayerThread {
                     let wait = next
                         .map(|p| (p.start - prepare - now).to_std().unwrap_or_default())
                         .unwrap_or(IDLE_WAIT)
-                        .clamp(StdDuration::from_millis(1), IDLE_WAIT);
+                        .clamp(StdDuration::from_millis(1), CLOCK_RECHECK);
                     self.wait_command(wait);
                 }
             }

@@ -195,8 +195,11 @@ async fn live_broadcast_interrupts_and_resumes_a_programme_in_sync() {
     let programme_file = common::ogg_opus(&programme_audio);
     server.add("bulletin", programme_file.clone());
     let programme = common::programme_ref(&programme_file, 4000);
+    // `start` is local time; a schedule's instants are on the controller's
+    // clock, which receivers keep time by.
     let start = Utc::now() + Duration::seconds(6);
-    let event = common::event("s1", "bulletin", start, 4000, Priority::Normal);
+    let ahead = Duration::microseconds(CONTROLLER_AHEAD_US);
+    let event = common::event("s1", "bulletin", start + ahead, 4000, Priority::Normal);
     let mut schedule = common::schedule(ID, 1, &[("bulletin", &programme)], vec![event.clone()]);
     schedule.zone = Some(ZONE.into());
     controller
@@ -313,7 +316,11 @@ async fn live_broadcast_interrupts_and_resumes_a_programme_in_sync() {
     assert_eq!(report.interruptions.len(), 1, "{report:?}");
     let interruption = &report.interruptions[0];
     assert_eq!(interruption.broadcast_id, broadcast.uuid());
-    let from_err = (interruption.from - heard_at).num_microseconds().unwrap() as f64 / 1000.0;
+    // Reported on the controller's clock.
+    let from_err = (interruption.from - (heard_at + ahead))
+        .num_microseconds()
+        .unwrap() as f64
+        / 1000.0;
     let length = (interruption.to - interruption.from).num_milliseconds();
     println!("interruption from {from_err:+.2} ms after the playout instant, {length} ms long");
     assert!(from_err.abs() < 5.0, "interruption began {from_err} ms off");
@@ -390,8 +397,9 @@ async fn live_broadcast_interrupts_and_resumes_a_programme_in_sync() {
         "{programme_windows} windows of programme"
     );
     // It resumed at the level it stopped at (the level ramps up over time).
+    // The interruption is reported on the controller's clock.
     let index_of =
-        |t: DateTime<Utc>| a0 + ((at_us(t) - at_us(start)) as f64 * 0.048).round() as usize;
+        |t: DateTime<Utc>| a0 + ((at_us(t) - at_us(start + ahead)) as f64 * 0.048).round() as usize;
     let cut = index_of(interruption.from);
     let resumed_at = index_of(interruption.to);
     let before = live_common::rms(&samples[cut - 4_800..cut - 480]);

@@ -161,6 +161,11 @@ fn all_in_order(b: &Broadcast) -> Vec<(u32, i64)> {
     (0..b.packets.len() as u32).map(|s| (s, 0)).collect()
 }
 
+/// `t` (local) on the controller's clock, which schedules and reports use.
+fn on_controller_clock(t: DateTime<Utc>) -> DateTime<Utc> {
+    t + Duration::microseconds(OFFSET_US)
+}
+
 /// The local instant at which frame 0 of `b` must be heard.
 fn heard_at(b: &Broadcast) -> DateTime<Utc> {
     utc_of_local(b.playout_us() - OFFSET_US)
@@ -286,7 +291,7 @@ fn a_scheduled_emergency_holds_off_a_normal_broadcast() {
     let mut rig = Rig::new(1.0, 1.0);
     let programme = common::ogg_opus(&common::tone(1000.0, 1.0, 0.5));
     let r = common::put_in_cache(&rig.cache, &programme, 1000);
-    let start = Utc::now() + Duration::milliseconds(2500);
+    let start = on_controller_clock(Utc::now() + Duration::milliseconds(2500));
     let ev = common::event("alarm", "siren", start, 1000, Priority::Emergency);
     rig.player.set_schedule(Arc::new(common::schedule(
         "loa-1",
@@ -325,8 +330,11 @@ fn a_scheduled_emergency_holds_off_a_normal_broadcast() {
     let onset = common::onset(&samples, 0.02).unwrap();
     let b_ref = live_common::decode(&b.packets);
     let (b_at, _) = live_common::locate(&samples, &b_ref[..24_000], 0, onset + 4_800);
-    let siren_at =
-        b_at + ((start - heard_at(&b)).num_microseconds().unwrap() as f64 * 0.048) as usize;
+    let siren_at = b_at
+        + ((start - on_controller_clock(heard_at(&b)))
+            .num_microseconds()
+            .unwrap() as f64
+            * 0.048) as usize;
     let windows = common::dominant(&samples[b_at..], &[1000.0, 2000.0]);
     let siren = siren_at.saturating_sub(b_at) / 480;
     println!("siren expected at window {siren}");
@@ -349,7 +357,7 @@ fn a_play_due_during_a_broadcast_starts_after_it() {
     let mut rig = Rig::new(1.0, 1.0);
     let programme = common::ogg_opus(&common::tone(1000.0, 1.0, 0.5));
     let r = common::put_in_cache(&rig.cache, &programme, 1000);
-    let start = Utc::now() + Duration::milliseconds(2000);
+    let start = on_controller_clock(Utc::now() + Duration::milliseconds(2000));
     let ev = common::event("news", "bulletin", start, 1000, Priority::Priority);
     rig.player.set_schedule(Arc::new(common::schedule(
         "loa-1",
@@ -375,7 +383,7 @@ fn a_play_due_during_a_broadcast_starts_after_it() {
     let i = &report.interruptions[0];
     assert_eq!(i.broadcast_id, b.uuid());
     assert_eq!(i.from, start, "held from its planned start");
-    let b_end = heard_at(&b) + Duration::milliseconds(1500);
+    let b_end = on_controller_clock(heard_at(&b)) + Duration::milliseconds(1500);
     let to_ms = (i.to - b_end).num_microseconds().unwrap() as f64 / 1000.0;
     let started_ms = (report.started_at.unwrap() - i.to)
         .num_microseconds()
