@@ -15,8 +15,8 @@ use chrono::{Duration, Utc};
 use loa_hardware::OutputSpec;
 use loa_protocol::signed::{self, SigningKey};
 use loa_protocol::topics::ReceiverTopic;
-use loa_protocol::{ReceiverStatus, ReportAck, decode, encode};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use loa_protocol::{ReceiverStatus, ReportAck, encode};
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, oneshot};
 
 const ID: &str = "thon-signed";
@@ -37,26 +37,7 @@ impl Drop for Peer {
 
 impl Peer {
     async fn connect(port: u16) -> Peer {
-        let options = MqttOptions::new("signed-test-peer", "127.0.0.1", port);
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
-        let (tx, statuses) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Ok(s) = decode::<ReceiverStatus>(&p.payload) {
-                            let _ = tx.send(s);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(StdDuration::from_millis(100)).await,
-                }
-            }
-        });
-        client
-            .subscribe(ReceiverTopic::Status.for_receiver(ID), QoS::AtLeastOnce)
-            .await
-            .unwrap();
+        let (client, statuses, task) = common::status_peer(port, "signed-test-peer", ID).await;
         Peer {
             client,
             statuses,

@@ -14,9 +14,9 @@ use chrono::{Duration, Utc};
 use loa_hardware::OutputSpec;
 use loa_protocol::topics::ReceiverTopic;
 use loa_protocol::{
-    CommandKind, Priority, ReceiverCommand, ReceiverSettings, ReceiverStatus, decode, encode,
+    CommandKind, Priority, ReceiverCommand, ReceiverSettings, ReceiverStatus, encode,
 };
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, oneshot};
 
 const ID: &str = "loa-tone";
@@ -37,26 +37,7 @@ impl Drop for Controller {
 
 impl Controller {
     async fn connect(port: u16) -> Controller {
-        let options = MqttOptions::new("test-tone-controller", "127.0.0.1", port);
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
-        let (tx, statuses) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Ok(s) = decode::<ReceiverStatus>(&p.payload) {
-                            let _ = tx.send(s);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(StdDuration::from_millis(100)).await,
-                }
-            }
-        });
-        client
-            .subscribe(ReceiverTopic::Status.for_receiver(ID), QoS::AtLeastOnce)
-            .await
-            .unwrap();
+        let (client, statuses, task) = common::status_peer(port, "test-tone-controller", ID).await;
         Controller {
             client,
             statuses,

@@ -142,6 +142,18 @@ impl Site {
         Ok(site)
     }
 
+    /// A site with one receiver, `loa-1`.
+    async fn single(art: &Artifacts) -> Result<Site> {
+        Site::start(
+            art,
+            SiteOptions {
+                receivers: vec!["loa-1"],
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
     /// Until every receiver is listed online.
     async fn wait_online(&self, timeout: Duration) -> Result<()> {
         let ids: Vec<String> = self.receivers.iter().map(|r| r.id.clone()).collect();
@@ -324,14 +336,7 @@ fn audit_cache(cache: &Path) -> Result<(usize, usize, Vec<String>)> {
 #[test]
 fn network_cut_during_a_scheduled_play() -> Result<()> {
     run("fault_network_cut_play", async |mut art| {
-        let mut site = Site::start(
-            &art,
-            SiteOptions {
-                receivers: vec!["loa-1"],
-                ..Default::default()
-            },
-        )
-        .await?;
+        let mut site = Site::single(&art).await?;
         let programme = site.upload().await?;
         let instant = site.schedule_in(&programme, 10).await?;
         site.wait_cached(&programme, Duration::from_secs(8)).await?;
@@ -365,14 +370,7 @@ fn network_cut_during_a_scheduled_play() -> Result<()> {
 #[test]
 fn network_cut_during_a_live_broadcast() -> Result<()> {
     run("fault_network_cut_live", async |mut art| {
-        let site = Site::start(
-            &art,
-            SiteOptions {
-                receivers: vec!["loa-1"],
-                ..Default::default()
-            },
-        )
-        .await?;
+        let site = Site::single(&art).await?;
         let programme = site.upload().await?;
         let id = start_broadcast(
             &site.api,
@@ -459,14 +457,7 @@ async fn sleep_until(t: DateTime<Utc>) {
 #[test]
 fn a_bad_link_with_loss_and_jitter() -> Result<()> {
     run("fault_bad_link", async |mut art| {
-        let mut site = Site::start(
-            &art,
-            SiteOptions {
-                receivers: vec!["loa-1"],
-                ..Default::default()
-            },
-        )
-        .await?;
+        let mut site = Site::single(&art).await?;
         // Each direction: 300 ms ± 300 ms, 30 % of chunks lost once (a
         // 300 ms retransmission timeout): a bad 4G cell.
         let bad = Impairment {
@@ -765,14 +756,7 @@ fn controller_killed_during_a_live_broadcast() -> Result<()> {
 #[test]
 fn receiver_killed_during_a_download() -> Result<()> {
     run("fault_receiver_kill_download", async |mut art| {
-        let mut site = Site::start(
-            &art,
-            SiteOptions {
-                receivers: vec!["loa-1"],
-                ..Default::default()
-            },
-        )
-        .await?;
+        let mut site = Site::single(&art).await?;
         let programme = site.upload().await?;
         // About 4 s to fetch the programme.
         let rate = (programme.bytes / 4).max(1000);
@@ -818,14 +802,7 @@ fn receiver_killed_during_a_download() -> Result<()> {
 #[test]
 fn receiver_killed_during_a_play_with_its_cache_file_torn() -> Result<()> {
     run("fault_receiver_kill_play", async |mut art| {
-        let mut site = Site::start(
-            &art,
-            SiteOptions {
-                receivers: vec!["loa-1"],
-                ..Default::default()
-            },
-        )
-        .await?;
+        let mut site = Site::single(&art).await?;
         let programme = site.upload().await?;
         let instant = site.schedule_in(&programme, 8).await?;
         site.wait_cached(&programme, Duration::from_secs(7)).await?;

@@ -391,3 +391,44 @@ impl Drop for Mosquitto {
         let _ = self.child.wait();
     }
 }
+
+/// An MQTT client standing in for the controller: connects as `client_id`,
+/// subscribes to `receiver_id`'s status and forwards every status it
+/// decodes. Returns the client, the statuses and the polling task (abort it
+/// when done).
+pub async fn status_peer(
+    port: u16,
+    client_id: &str,
+    receiver_id: &str,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<loa_protocol::ReceiverStatus>,
+    tokio::task::JoinHandle<()>,
+) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let options = MqttOptions::new(client_id, "127.0.0.1", port);
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let (tx, statuses) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Ok(s) = loa_protocol::decode::<loa_protocol::ReceiverStatus>(&p.payload)
+                    {
+                        let _ = tx.send(s);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    client
+        .subscribe(
+            loa_protocol::topics::ReceiverTopic::Status.for_receiver(receiver_id),
+            QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    (client, statuses, task)
+}
