@@ -2,7 +2,8 @@
 # Loa — the test command: installs what is missing (scripts/setup.sh), builds
 # every binary, checks formatting and lints, runs every crate's tests, then
 # the end-to-end tests that start the real binaries and record what the
-# receivers play (one at a time: they measure real-time playout).
+# receivers play (one at a time: they measure real-time playout), the
+# console's browser tests, and a bounded run of every fuzz target.
 # Exits non-zero if anything fails. Works without a terminal (CI=true).
 
 set -uo pipefail
@@ -58,6 +59,9 @@ else
     skip "end-to-end tests" "build failed"
     skip "browser tests (console)" "build failed"
 fi
+# Bounded fuzzing of the bad-input surface (cargo fuzz on stable; its own
+# build of the targets with AddressSanitizer): LOA_FUZZ_SECONDS per target.
+step "fuzzing (${LOA_FUZZ_SECONDS:-30} s per target)" bash scripts/fuzz.sh "${LOA_FUZZ_SECONDS:-30}"
 
 echo
 echo "==> measured figures (tests/artifacts/*/figures.txt)"

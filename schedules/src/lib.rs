@@ -28,7 +28,8 @@ pub use event::PlayEvent;
 pub use plan::{PlannedPlay, plan};
 pub use priority::{Priority, UnknownPriority};
 pub use recurrence::{
-    MAX_HORIZON_DAYS, MAX_OCCURRENCES, MAX_SCANNED_OCCURRENCES, MAX_START_YEAR, MIN_START_YEAR,
+    MAX_CANDIDATES_PER_PERIOD, MAX_HORIZON_DAYS, MAX_OCCURRENCES, MAX_SCANNED_OCCURRENCES,
+    MAX_START_YEAR, MIN_START_YEAR,
 };
 pub use schedule::Schedule;
 pub use spec::{ScheduleSpec, Targets, parse_local_start};

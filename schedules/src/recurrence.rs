@@ -31,7 +31,9 @@
 //!   spring-forward day in Berlin plays at 03:30 CEST).
 //! - Work is capped: at most [`MAX_OCCURRENCES`] per call, windows of at most
 //!   [`MAX_HORIZON_DAYS`], at most [`MAX_SCANNED_OCCURRENCES`] repetitions
-//!   stepped through from the start. Going over is an error, never a silent cut.
+//!   stepped through from the start, at most [`MAX_CANDIDATES_PER_PERIOD`]
+//!   start times in one period of the rule (checked when the rule is parsed).
+//!   Going over is an error, never a silent cut.
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -40,7 +42,7 @@ use chrono::{
     DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, TimeZone, Timelike, Utc,
 };
 use chrono_tz::Tz;
-use rrule::{RRule, RRuleSet, Unvalidated};
+use rrule::{Frequency, RRule, RRuleSet, Unvalidated};
 
 use crate::ScheduleError;
 use crate::timezone::resolve_local;
@@ -55,6 +57,13 @@ pub const MAX_HORIZON_DAYS: i64 = 366;
 /// the end of the window) in one call. Bounds the CPU time a dense rule that
 /// started long ago can cost, e.g. `FREQ=MINUTELY` started years before.
 pub const MAX_SCANNED_OCCURRENCES: usize = 1_000_000;
+
+/// Most start times one period of a rule (a year for `FREQ=YEARLY`, a
+/// month, a week, a day, an hour, a minute) may hold. The recurrence engine
+/// materialises a whole period before yielding its first instant, so without
+/// this cap `FREQ=YEARLY` with every month, day, hour, minute and second
+/// would allocate 31.6 million instants (1.5 GB, seconds of CPU) per call.
+pub const MAX_CANDIDATES_PER_PERIOD: u64 = 10_000;
 
 /// Earliest year a schedule may start in.
 pub const MIN_START_YEAR: i32 = 1970;
@@ -110,9 +119,20 @@ impl Recurrence {
             rule: rule.to_string(),
             reason: e.to_string(),
         };
-        let set = anchored
-            .parse::<RRule<Unvalidated>>()
-            .map_err(invalid)?
+        let parsed = anchored.parse::<RRule<Unvalidated>>().map_err(invalid)?;
+        let candidates = candidates_per_period(&parsed);
+        if candidates > MAX_CANDIDATES_PER_PERIOD {
+            return Err(ScheduleError::InvalidRrule {
+                rule: rule.to_string(),
+                reason: format!(
+                    "one {} period of the rule holds up to {candidates} start times \
+                     (limit {MAX_CANDIDATES_PER_PERIOD}); use fewer BYMONTH/BYxxxDAY/BYHOUR/\
+                     BYMINUTE/BYSECOND values or a shorter FREQ",
+                    parsed.get_freq()
+                ),
+            });
+        }
+        let set = parsed
             .build(dt_start.with_timezone(&rrule::Tz::Tz(tz)))
             .map_err(invalid)?
             .limit();
@@ -220,6 +240,41 @@ impl Recurrence {
     }
 }
 
+/// An upper bound of the start times one period of `rule` expands to: the
+/// days the period can hold (after BYMONTH) times the times of day (the
+/// BYHOUR × BYMINUTE × BYSECOND cross product, for the units finer than the
+/// frequency; a missing list counts as one value, taken from the start).
+fn candidates_per_period(rule: &RRule<Unvalidated>) -> u64 {
+    let count = |n: usize| (n as u64).max(1);
+    let hours = count(rule.get_by_hour().len());
+    let minutes = count(rule.get_by_minute().len());
+    let seconds = count(rule.get_by_second().len());
+    let days = match rule.get_freq() {
+        Frequency::Yearly => {
+            let picks_days = !rule.get_by_month_day().is_empty()
+                || !rule.get_by_year_day().is_empty()
+                || !rule.get_by_week_no().is_empty()
+                || !rule.get_by_weekday().is_empty();
+            match rule.get_by_month().len() {
+                // Neither months nor days: the start's date, once a year.
+                0 if !picks_days => 1,
+                0 => 366,
+                months => (31 * months as u64).min(366),
+            }
+        }
+        Frequency::Monthly => 31,
+        Frequency::Weekly => 7,
+        Frequency::Daily | Frequency::Hourly | Frequency::Minutely | Frequency::Secondly => 1,
+    };
+    let times = match rule.get_freq() {
+        Frequency::Hourly => minutes * seconds,
+        Frequency::Minutely => seconds,
+        Frequency::Secondly => 1,
+        _ => hours * minutes * seconds,
+    };
+    days * times
+}
+
 /// Checks a user's RRULE text and returns the bare value (no `RRULE:`
 /// prefix, no surrounding spaces). Does not need the time zone, so it can be
 /// used to store the rule in its canonical form.
@@ -245,6 +300,14 @@ pub(crate) fn normalize_rrule(rule: &str) -> Result<String, ScheduleError> {
     };
     if body.is_empty() {
         return Err(invalid("the rule is empty"));
+    }
+    // RFC 5545 rule values are ASCII. The `rrule` crate slices weekday
+    // names by bytes and panics inside a multi-byte character
+    // (`BYDAY=thứ`), so anything else is refused before it gets there.
+    if !body.is_ascii() {
+        return Err(invalid(
+            "the rule may contain only ASCII characters (RFC 5545)",
+        ));
     }
     if body.contains(':') {
         return Err(invalid(

@@ -41,6 +41,19 @@ const TRUNCATION_TOLERANCE_FRACTION: f64 = 0.02;
 /// Highest input sample rate accepted; anything above is a broken header.
 const MAX_SAMPLE_RATE: u32 = 768_000;
 
+/// Whether an I/O error symphonia returned while reading the upload comes
+/// from its content rather than from the disk: the file ends early, a size
+/// field sends a seek before the start of the file (`EINVAL`, found by
+/// fuzzing: an APE tag claiming gigabytes), or a reader calls the bytes
+/// invalid. Those are the uploader's fault (`422`/`415`); other I/O errors
+/// are ours (`500`).
+fn caused_by_content(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::UnexpectedEof | ErrorKind::InvalidInput | ErrorKind::InvalidData
+    )
+}
+
 /// The probe used for uploads: every format symphonia was built with, but a
 /// bounded search window (see `MAX_PROBE_DEPTH`).
 fn probe() -> &'static Probe {
@@ -120,9 +133,7 @@ impl MonoDecoder {
             )
             .map_err(|e| match e {
                 SymphoniaError::Unsupported(what) => TranscodeError::NotAudio(what.to_owned()),
-                SymphoniaError::IoError(e) if e.kind() != ErrorKind::UnexpectedEof => {
-                    TranscodeError::Io(e)
-                }
+                SymphoniaError::IoError(e) if !caused_by_content(&e) => TranscodeError::Io(e),
                 // A reader recognised something but could not parse it. Only
                 // a file that starts like an audio file is "corrupt audio";
                 // random bytes can contain a plausible marker by chance.
@@ -240,6 +251,9 @@ impl MonoDecoder {
                     tracing::debug!("input ends inside a packet: {e}");
                     self.finish()?;
                     break;
+                }
+                Err(SymphoniaError::IoError(e)) if caused_by_content(&e) => {
+                    return Err(TranscodeError::Corrupt(format!("unreadable file: {e}")));
                 }
                 Err(SymphoniaError::IoError(e)) => return Err(TranscodeError::Io(e)),
                 Err(SymphoniaError::DecodeError(what)) => {

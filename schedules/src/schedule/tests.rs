@@ -3,8 +3,8 @@
 use chrono::{DateTime, Datelike, NaiveDateTime, TimeDelta, Timelike, Utc, Weekday};
 
 use crate::{
-    MAX_HORIZON_DAYS, MAX_OCCURRENCES, MAX_SCANNED_OCCURRENCES, PlayEvent, Priority, Schedule,
-    ScheduleError, parse_timezone,
+    MAX_CANDIDATES_PER_PERIOD, MAX_HORIZON_DAYS, MAX_OCCURRENCES, MAX_SCANNED_OCCURRENCES,
+    PlayEvent, Priority, Schedule, ScheduleError, parse_timezone,
 };
 
 fn utc(text: &str) -> DateTime<Utc> {
@@ -630,6 +630,100 @@ fn dense_rule_started_long_ago_is_refused() {
         s.next_occurrences(from, 1),
         Err(ScheduleError::TooMuchToCompute { .. })
     ));
+}
+
+/// Found by fuzzing (`fuzz/`, target `schedule`): the recurrence engine
+/// builds a whole period before yielding anything, so a yearly rule with
+/// every month, day, hour, minute and second allocated 31.6 million instants
+/// (about 1.5 GB and seconds of CPU) for a single `POST /schedules`.
+#[test]
+fn rules_with_too_many_times_in_one_period_are_refused() {
+    let list =
+        |range: std::ops::Range<u32>| range.map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let every_second_of_the_year = format!(
+        "FREQ=YEARLY;BYMONTH={};BYMONTHDAY={};BYHOUR={};BYMINUTE={};BYSECOND={}",
+        list(1..13),
+        list(1..32),
+        list(0..24),
+        list(0..60),
+        list(0..60)
+    );
+    let every_second_of_the_month = format!(
+        "FREQ=MONTHLY;BYHOUR={};BYMINUTE={};BYSECOND={}",
+        list(0..24),
+        list(0..60),
+        list(0..60)
+    );
+    for rule in [
+        every_second_of_the_year.as_str(),
+        every_second_of_the_month.as_str(),
+        // 7 days × 24 × 60 = 10 080 times a week.
+        &format!(
+            "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR,SA,SU;BYHOUR={};BYMINUTE={}",
+            list(0..24),
+            list(0..60)
+        ),
+        // 60 × 60 = 3600 times on each 1st of the month, 12 a year.
+        &format!(
+            "FREQ=YEARLY;BYMONTHDAY=1;BYMINUTE={};BYSECOND={}",
+            list(0..60),
+            list(0..60)
+        ),
+    ] {
+        let e = vn("2026-01-01T00:00:00", rule).validate().unwrap_err();
+        assert!(
+            matches!(&e, ScheduleError::InvalidRrule { reason, .. } if reason.contains(&MAX_CANDIDATES_PER_PERIOD.to_string())),
+            "{rule}: {e:?}"
+        );
+        assert!(
+            e.message_vi()
+                .starts_with("Quy tắc lặp (RRULE) không hợp lệ")
+        );
+    }
+    // Dense but legitimate rules stay accepted: every minute of a day
+    // (1440), every second of an hour (3600), twice a day all year (732),
+    // and a yearly rule on its start date with many times (1 day × 1440).
+    for rule in [
+        &format!("FREQ=DAILY;BYHOUR={};BYMINUTE={}", list(0..24), list(0..60)),
+        &format!(
+            "FREQ=HOURLY;BYMINUTE={};BYSECOND={}",
+            list(0..60),
+            list(0..60)
+        ),
+        "FREQ=YEARLY;BYDAY=MO,TU,WE,TH,FR,SA,SU;BYHOUR=6,17",
+        &format!(
+            "FREQ=YEARLY;BYHOUR={};BYMINUTE={}",
+            list(0..24),
+            list(0..60)
+        ),
+    ] {
+        let s = vn("2026-01-01T00:00:00", rule);
+        assert_eq!(s.validate(), Ok(()), "{rule}");
+    }
+}
+
+/// Found by fuzzing (`fuzz/`, target `schedule`): the `rrule` crate
+/// panicked on a BYDAY value ending inside a multi-byte character, which a
+/// Vietnamese keyboard types easily (`thứ` = weekday); the API handler
+/// panicked instead of answering.
+#[test]
+fn non_ascii_rules_are_refused_not_a_panic() {
+    for rule in [
+        "FREQ=WEEKLY;BYDAY=thứ",
+        "FREQ=DAILY;BYDAY=TU\u{539}R",
+        "FREQ=WEEKLY;BYDAY=TU,Fℝ",
+        "FREQ=MONTHLY;BYMONTHDAY=１",
+    ] {
+        let e = vn("2026-11-24T06:30:00", rule).validate().unwrap_err();
+        assert!(
+            matches!(&e, ScheduleError::InvalidRrule { reason, .. } if reason.contains("ASCII")),
+            "{rule}: {e:?}"
+        );
+        assert!(
+            e.message_vi()
+                .starts_with("Quy tắc lặp (RRULE) không hợp lệ")
+        );
+    }
 }
 
 #[test]

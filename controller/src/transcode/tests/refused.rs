@@ -264,3 +264,22 @@ fn missing_input_or_output_directory_is_io() {
     assert!(matches!(err, TranscodeError::Io(_)), "{err:?}");
     assert!(!err.is_user_error());
 }
+
+/// Found by fuzzing (`fuzz/`, target `upload_decode`): an APE tag whose size
+/// field points before the start of the file made symphonia seek there; the
+/// `EINVAL` came back as an internal I/O error, which the API answers with
+/// `500`. It is the upload's fault and must be refused as such.
+#[test]
+fn a_tag_size_pointing_before_the_file_is_the_uploads_fault() {
+    let ws = Workspace::new();
+    let input = ws.input("ape-tag.mp3");
+    let mut bytes = vec![0xff, 0x00, 0x00];
+    bytes.extend_from_slice(b"APETAGEX");
+    bytes.extend_from_slice(&[
+        0xd0, 0x07, 0x00, 0x00, 0x9b, 0x3a, 0x9b, 0xa6, 0xc6, 0xd6, 0xd9, 0x4a, 0xd9, 0xeb, 0x4a,
+        0x4a, 0x00, 0x00, 0xc7, 0xa6, 0xc6, 0xd6, 0xd9, 0xeb, 0x4a, 0xd9, 0xeb, 0x4a,
+    ]);
+    fs::write(&input, &bytes).unwrap();
+    let err = refuse_default(&ws, &input);
+    assert!(err.is_user_error(), "{err:?}");
+}
