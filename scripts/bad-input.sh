@@ -168,8 +168,8 @@ raw "$up" "\`Content-Length: 1073741824\` (above the limit), 200 bytes sent" rej
     "b'POST /api/v1/programmes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer '+token.encode()+b'\r\nContent-Type: multipart/form-data; boundary=$boundary\r\nContent-Length: 1073741824\r\n\r\n'+b'$part'+b'x'*100"
 raw "$up" "\`Content-Length: 60\`, a 400-byte multipart body sent" reject \
     "b'POST /api/v1/programmes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer '+token.encode()+b'\r\nContent-Type: multipart/form-data; boundary=$boundary\r\nContent-Length: 60\r\nConnection: close\r\n\r\n'+b'$part'+b'x'*100+b'\r\n--$boundary--\r\n'"
-raw "$up" "\`Content-Length: 5000\`, 300 bytes sent, then silence (answer awaited 30 s)" hang \
-    "b'POST /api/v1/programmes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer '+token.encode()+b'\r\nContent-Type: multipart/form-data; boundary=$boundary\r\nContent-Length: 5000\r\n\r\n'+b'$part'+b'x'*50" 30
+raw "$up" "\`Content-Length: 5000\`, 300 bytes sent, then silence (answer awaited 40 s)" hang \
+    "b'POST /api/v1/programmes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer '+token.encode()+b'\r\nContent-Type: multipart/form-data; boundary=$boundary\r\nContent-Length: 5000\r\n\r\n'+b'$part'+b'x'*50" 40
 
 paths="ids in paths"
 http "$paths" "GET /programmes/..%2F..%2Fetc%2Fpasswd" reject "${auth[@]}" "$api/programmes/..%2F..%2Fetc%2Fpasswd"

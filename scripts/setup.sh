@@ -6,7 +6,8 @@
 #   build:   cmake pkg-config libasound2-dev libjack-jackd2-dev gcc
 #   tests:   jackd2 libasound2-plugins alsa-utils espeak-ng sox lame ffmpeg opus-tools mosquitto
 #            icecast2 (the relay test's radio station), mosquitto-clients (scripts/bad-input.sh),
-#            faketime (the fault suite moves a receiver's wall clock)
+#            faketime (the fault suite moves a receiver's wall clock),
+#            openssl (test certificates for MQTT over TLS)
 #   bench:   snapserver snapclient (Snapcast, printed beside Loa by bench/live.sh)
 #   console: chromium fonts-dejavu-core (browser tests), and nodejs npm when
 #            there is no `node` yet (one from elsewhere, e.g. NodeSource, is kept)
@@ -18,7 +19,7 @@
 loa_setup() {
     local build=(cmake pkg-config libasound2-dev libjack-jackd2-dev gcc)
     local runtime=(jackd2 libasound2-plugins alsa-utils espeak-ng sox lame ffmpeg opus-tools mosquitto
-        icecast2 mosquitto-clients faketime snapserver snapclient curl jq chromium fonts-dejavu-core)
+        icecast2 mosquitto-clients faketime openssl snapserver snapclient curl jq chromium fonts-dejavu-core)
     local missing=() pkg
     for pkg in "${build[@]}" "${runtime[@]}"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -20,6 +20,13 @@
 //!
 //! rumqttd has no way to stop a running broker, so it lives until the
 //! process exits.
+//!
+//! Security (`serve` always uses [`EmbeddedBroker::start_with`] with
+//! authentication): every client must log in, checked by
+//! [`crate::mqtt_auth::MqttAuth`]; [`BrokerOptions::tls`] adds an MQTTS
+//! listener ([`crate::mqtt_tls`]). [`EmbeddedBroker::start`] runs an open
+//! broker (anyone may connect) for in-process tests only. rumqttd cannot
+//! restrict topics: see [`crate::mosquitto`] for ACLs.
 #![cfg(feature = "embedded-broker")]
 
 use std::collections::HashMap;
@@ -28,7 +35,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use rumqttd::{Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
+
+use crate::mqtt_auth::{Credentials, MqttAuth};
+use crate::mqtt_tls::TlsError;
 
 /// `tracing` directive that keeps rumqttd's chatter (it logs ordinary
 /// disconnections at `error`) down to real warnings.
@@ -53,21 +66,82 @@ pub enum BrokerError {
     /// The broker started but its listener never answered an MQTT CONNECT.
     #[error("embedded MQTT broker on {addr} did not start listening: {reason}")]
     NotListening { addr: SocketAddr, reason: String },
+    /// The MQTTS listener could not be set up (certificate, key or address).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// The MQTTS listener of the embedded broker.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// Where MQTTS is served.
+    pub listen: SocketAddr,
+    /// PEM certificate chain (server certificate first).
+    pub cert: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
+}
+
+/// How [`EmbeddedBroker::start_with`] runs the broker.
+pub struct BrokerOptions {
+    /// Plain MQTT listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Who may connect; `None` lets anyone in (tests only).
+    pub auth: Option<Arc<MqttAuth>>,
+    /// The credential the start-up probe logs in with; required with `auth`.
+    pub probe: Option<Credentials>,
+    /// An MQTTS listener in front of the plain one.
+    pub tls: Option<TlsListener>,
 }
 
 /// A running embedded broker.
 pub struct EmbeddedBroker {
     /// The address it listens on (the real port when port 0 was asked for).
     addr: SocketAddr,
+    /// The MQTTS address, if any.
+    tls_addr: Option<SocketAddr>,
     /// The thread running rumqttd's servers; kept so the broker's lifetime is
     /// visible in the type even though rumqttd cannot be stopped.
     _thread: JoinHandle<()>,
 }
 
 impl EmbeddedBroker {
-    /// Starts the broker listening on `listen` (port 0 picks a free port)
-    /// and returns once it accepts MQTT connections.
+    /// Starts an open broker (no authentication: tests only) listening on
+    /// `listen` (port 0 picks a free port) and returns once it accepts MQTT
+    /// connections.
     pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
+        Self::start_plain(listen, None, None)
+    }
+
+    /// Starts the broker as `options` say; returns once it accepts MQTT
+    /// connections (and, with TLS, once the MQTTS listener is bound). With
+    /// TLS it must be called within a tokio runtime (the relay runs there).
+    pub async fn start_with(options: BrokerOptions) -> Result<EmbeddedBroker, BrokerError> {
+        // Check the certificate and key before anything listens.
+        let tls_config = match &options.tls {
+            Some(tls) => Some(crate::mqtt_tls::server_config(&tls.cert, &tls.key)?),
+            None => None,
+        };
+        let listen = options.listen;
+        let auth = options.auth;
+        let probe = options.probe;
+        let mut broker =
+            tokio::task::spawn_blocking(move || Self::start_plain(listen, auth, probe))
+                .await
+                .map_err(|e| BrokerError::Spawn(std::io::Error::other(e)))??;
+        if let (Some(tls), Some(config)) = (options.tls, tls_config) {
+            let addr =
+                crate::mqtt_tls::start_proxy(tls.listen, config, connect_addr(broker.addr)).await?;
+            broker.tls_addr = Some(addr);
+        }
+        Ok(broker)
+    }
+
+    fn start_plain(
+        listen: SocketAddr,
+        auth: Option<Arc<MqttAuth>>,
+        probe: Option<Credentials>,
+    ) -> Result<EmbeddedBroker, BrokerError> {
         // rumqttd binds on its own thread and only logs a failure there, so
         // check the address first to give the caller a real error.
         let addr = {
@@ -83,7 +157,7 @@ impl EmbeddedBroker {
                 })?
         };
 
-        let mut broker = rumqttd::Broker::new(config(addr));
+        let mut broker = rumqttd::Broker::new(config(addr, auth));
         let thread = std::thread::Builder::new()
             .name("loa-mqtt-broker".into())
             .spawn(move || match broker.start() {
@@ -101,11 +175,12 @@ impl EmbeddedBroker {
                     reason: "the broker thread ended (see the log for rumqttd's error)".into(),
                 });
             }
-            match mqtt_handshake(connect_addr(addr)) {
+            match mqtt_handshake(connect_addr(addr), probe.as_ref()) {
                 Ok(()) => {
                     tracing::info!(%addr, "embedded MQTT broker listening");
                     return Ok(EmbeddedBroker {
                         addr,
+                        tls_addr: None,
                         _thread: thread,
                     });
                 }
@@ -127,17 +202,30 @@ impl EmbeddedBroker {
     /// URL clients use to reach the broker, e.g. `mqtt://127.0.0.1:1883`
     /// (a wildcard listen address is reached through loopback).
     pub fn url(&self) -> String {
-        let addr = connect_addr(self.addr);
-        match addr.ip() {
-            IpAddr::V4(ip) => format!("mqtt://{ip}:{}", addr.port()),
-            IpAddr::V6(ip) => format!("mqtt://[{ip}]:{}", addr.port()),
-        }
+        url("mqtt", connect_addr(self.addr))
+    }
+
+    /// The MQTTS address, when TLS is served.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// `mqtts://HOST:PORT` of the MQTTS listener, when TLS is served.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_addr.map(|a| url("mqtts", connect_addr(a)))
+    }
+}
+
+fn url(scheme: &str, addr: SocketAddr) -> String {
+    match addr.ip() {
+        IpAddr::V4(ip) => format!("{scheme}://{ip}:{}", addr.port()),
+        IpAddr::V6(ip) => format!("{scheme}://[{ip}]:{}", addr.port()),
     }
 }
 
 /// rumqttd's configuration for Loa: one MQTT 3.1.1 listener sized for a
 /// commune's thousand receivers, payloads up to the protocol's limit.
-fn config(listen: SocketAddr) -> Config {
+fn config(listen: SocketAddr, auth: Option<Arc<MqttAuth>>) -> Config {
     let connections = ConnectionSettings {
         // Time a new TCP connection gets to send its CONNECT.
         connection_timeout_ms: 10_000,
@@ -150,6 +238,15 @@ fn config(listen: SocketAddr) -> Config {
         // refused instead of being kept for later subscribers.
         dynamic_filters: true,
     };
+    let mut connections = connections;
+    if let Some(auth) = auth {
+        connections.set_auth_handler(
+            move |client_id: String, username: String, password: String| {
+                let auth = auth.clone();
+                async move { auth.check(&client_id, &username, &password).await }
+            },
+        );
+    }
     let server = ServerSettings {
         name: "loa-mqtt-v4".into(),
         listen,
@@ -203,17 +300,31 @@ fn connect_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Sends an MQTT 3.1.1 CONNECT, expects an accepting CONNACK, then
-/// DISCONNECTs: proof that the broker, not just a socket, is up.
-fn mqtt_handshake(addr: SocketAddr) -> std::io::Result<()> {
-    const CLIENT_ID: &[u8] = b"loa-broker-probe";
+/// Sends an MQTT 3.1.1 CONNECT (logging in with `credentials` if given),
+/// expects an accepting CONNACK, then DISCONNECTs: proof that the broker,
+/// not just a socket, is up.
+fn mqtt_handshake(addr: SocketAddr, credentials: Option<&Credentials>) -> std::io::Result<()> {
+    const CLIENT_ID: &[u8] = b"loa-controller-probe";
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut connect = vec![0x10, (12 + CLIENT_ID.len()) as u8];
-    connect.extend_from_slice(&[0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x0a]);
-    connect.extend_from_slice(&(CLIENT_ID.len() as u16).to_be_bytes());
-    connect.extend_from_slice(CLIENT_ID);
+    let field = |bytes: &[u8], out: &mut Vec<u8>| {
+        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    let flags = if credentials.is_some() { 0xc2 } else { 0x02 };
+    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, flags, 0x00, 0x0a];
+    field(CLIENT_ID, &mut body);
+    if let Some(c) = credentials {
+        field(c.username.as_bytes(), &mut body);
+        field(c.password.as_bytes(), &mut body);
+    }
+    // Remaining length fits one byte: ids and credentials are short.
+    if body.len() > 127 {
+        return Err(std::io::Error::other("probe credentials too long"));
+    }
+    let mut connect = vec![0x10, body.len() as u8];
+    connect.extend_from_slice(&body);
     stream.write_all(&connect)?;
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack)?;
@@ -247,6 +358,6 @@ mod tests {
             broker.url(),
             format!("mqtt://127.0.0.1:{}", broker.local_addr().port())
         );
-        mqtt_handshake(broker.local_addr()).unwrap();
+        mqtt_handshake(broker.local_addr(), None).unwrap();
     }
 }

@@ -63,9 +63,16 @@ const MAX_OUTGOING_PACKET: usize = MAX_PAYLOAD_BYTES + 64 * 1024;
 /// Why the bus refused a request.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    /// The broker URL is not `mqtt://HOST[:PORT]`.
-    #[error("invalid broker URL {url:?}: {reason} (expected mqtt://HOST:PORT)")]
+    /// The broker URL is not `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
+    #[error(
+        "invalid broker URL {url:?}: {reason} (expected mqtt://HOST:PORT or mqtts://HOST:PORT)"
+    )]
     InvalidUrl { url: String, reason: &'static str },
+    /// An `mqtts://` broker needs the CA certificate that signed its certificate.
+    #[error(
+        "the broker {0} uses TLS (mqtts://): give the CA certificate that signed its certificate (--broker-ca PEM)"
+    )]
+    MissingCa(String),
     /// The payload would exceed what receivers accept.
     #[error("payload of {0} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")]
     TooLarge(usize),
@@ -80,6 +87,17 @@ pub enum BusError {
     /// could not be reserved on disk).
     #[error("cannot sign the message: {0}")]
     Signing(#[from] SigningError),
+}
+
+/// How the bus logs in to the broker and checks its certificate.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerLogin {
+    /// MQTT username and password (the embedded broker's internal
+    /// credential, or the account on an external broker).
+    pub credentials: Option<crate::mqtt_auth::Credentials>,
+    /// PEM CA certificate(s) trusted for an `mqtts://` broker
+    /// (see [`crate::mqtt_tls::read_ca`]).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// What a connection is for.
@@ -170,8 +188,25 @@ impl Bus {
         client_id: &str,
         signer: Arc<Signer>,
     ) -> Result<(Bus, BusEvents), BusError> {
+        Self::connect_with(broker_url, client_id, signer, &BrokerLogin::default()).await
+    }
+
+    /// [`Bus::connect`] logging in as `login` says (credentials, TLS CA).
+    pub async fn connect_with(
+        broker_url: &str,
+        client_id: &str,
+        signer: Arc<Signer>,
+        login: &BrokerLogin,
+    ) -> Result<(Bus, BusEvents), BusError> {
         let (events_tx, rx) = mpsc::channel(1024);
-        let bus = Self::start(broker_url, client_id, signer, Role::Main, Some(events_tx))?;
+        let bus = Self::start(
+            broker_url,
+            client_id,
+            signer,
+            login,
+            Role::Main,
+            Some(events_tx),
+        )?;
         Ok((bus, BusEvents { rx }))
     }
 
@@ -184,23 +219,50 @@ impl Bus {
         client_id: &str,
         signer: Arc<Signer>,
     ) -> Result<Bus, BusError> {
-        Self::start(broker_url, client_id, signer, Role::Live, None)
+        Self::connect_live_with(broker_url, client_id, signer, &BrokerLogin::default()).await
+    }
+
+    /// [`Bus::connect_live`] logging in as `login` says.
+    pub async fn connect_live_with(
+        broker_url: &str,
+        client_id: &str,
+        signer: Arc<Signer>,
+        login: &BrokerLogin,
+    ) -> Result<Bus, BusError> {
+        Self::start(broker_url, client_id, signer, login, Role::Live, None)
     }
 
     fn start(
         broker_url: &str,
         client_id: &str,
         signer: Arc<Signer>,
+        login: &BrokerLogin,
         role: Role,
         events: Option<mpsc::Sender<BusEvent>>,
     ) -> Result<Bus, BusError> {
-        let (host, port) = parse_broker_url(broker_url)?;
+        let (host, port, tls) = parse_broker_endpoint(broker_url)?;
         let mut options = MqttOptions::new(client_id, host, port);
         options
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(role == Role::Live)
             .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
             .set_inflight(100);
+        if let Some(c) = &login.credentials {
+            options.set_credentials(&c.username, &c.password);
+        }
+        if tls {
+            let ca = login
+                .ca_pem
+                .clone()
+                .ok_or_else(|| BusError::MissingCa(broker_url.to_string()))?;
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Simple {
+                    ca,
+                    alpn: None,
+                    client_auth: None,
+                },
+            ));
+        }
         let capacity = match role {
             Role::Main => 256,
             Role::Live => LIVE_QUEUE,
@@ -348,14 +410,31 @@ impl Bus {
 /// Splits `mqtt://HOST[:PORT][/]` (also `tcp://`) into host and port.
 /// IPv6 hosts are written in brackets: `mqtt://[::1]:1883`.
 pub fn parse_broker_url(url: &str) -> Result<(String, u16), BusError> {
+    match parse_broker_endpoint(url)? {
+        (host, port, false) => Ok((host, port)),
+        (_, _, true) => Err(BusError::InvalidUrl {
+            url: url.to_string(),
+            reason: "only the mqtt:// scheme is supported here",
+        }),
+    }
+}
+
+/// Splits `mqtt://HOST[:PORT]` (port 1883 by default) or
+/// `mqtts://HOST[:PORT]` (TLS, port 8883 by default) into host, port and
+/// whether TLS is used.
+pub fn parse_broker_endpoint(url: &str) -> Result<(String, u16, bool), BusError> {
     let bad = |reason| BusError::InvalidUrl {
         url: url.to_string(),
         reason,
     };
     let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("missing scheme"))?;
-    if !scheme.eq_ignore_ascii_case("mqtt") && !scheme.eq_ignore_ascii_case("tcp") {
-        return Err(bad("only the mqtt:// scheme is supported"));
-    }
+    let tls = if scheme.eq_ignore_ascii_case("mqtts") || scheme.eq_ignore_ascii_case("ssl") {
+        true
+    } else if scheme.eq_ignore_ascii_case("mqtt") || scheme.eq_ignore_ascii_case("tcp") {
+        false
+    } else {
+        return Err(bad("only the mqtt:// and mqtts:// schemes are supported"));
+    };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.contains(['/', '?', '#', '@']) {
         return Err(bad("a path, query or credentials are not supported"));
@@ -379,6 +458,7 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), BusError> {
         return Err(bad("missing host"));
     }
     let port = match port {
+        None if tls => 8883,
         None => 1883,
         Some(p) => p
             .parse::<u16>()
@@ -386,7 +466,7 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), BusError> {
             .filter(|p| *p != 0)
             .ok_or_else(|| bad("invalid port"))?,
     };
-    Ok((host.to_string(), port))
+    Ok((host.to_string(), port, tls))
 }
 
 /// The task that owns rumqttc's event loop.
@@ -611,6 +691,7 @@ mod tests {
             "127.0.0.1:1883",
             "http://h:1883",
             "mqtts://h:8883",
+            "ws://h:1",
             "mqtt://",
             "mqtt://h:0",
             "mqtt://h:99999",
@@ -621,6 +702,34 @@ mod tests {
         ] {
             assert!(parse_broker_url(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn tls_broker_urls() {
+        assert_eq!(
+            parse_broker_endpoint("mqtts://broker.local").unwrap(),
+            ("broker.local".into(), 8883, true)
+        );
+        assert_eq!(
+            parse_broker_endpoint("mqtts://127.0.0.1:18883").unwrap(),
+            ("127.0.0.1".into(), 18883, true)
+        );
+        assert_eq!(
+            parse_broker_endpoint("mqtt://h").unwrap(),
+            ("h".into(), 1883, false)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tls_broker_without_a_ca_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Arc::new(Signer::open(dir.path()).unwrap());
+        let err = Bus::connect("mqtts://127.0.0.1:8883", "x", signer)
+            .await
+            .err()
+            .expect("must fail");
+        assert!(matches!(err, BusError::MissingCa(_)), "{err}");
+        assert!(err.to_string().contains("--broker-ca"), "{err}");
     }
 
     fn publish(topic: &str, payload: &[u8]) -> rumqttc::Publish {

@@ -15,6 +15,9 @@ pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
 /// Environment variable holding the first admin password.
 pub const ADMIN_PASSWORD_ENV: &str = "LOA_ADMIN_PASSWORD";
 
+/// Environment variable holding the password on an external broker.
+pub const BROKER_PASSWORD_ENV: &str = "LOA_BROKER_PASSWORD";
+
 /// Arguments of `loa-controller serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -27,9 +30,30 @@ pub struct ServeArgs {
     /// Run the embedded MQTT broker listening on ADDR [default: 127.0.0.1:1883].
     #[arg(long, value_name = "ADDR", conflicts_with = "broker")]
     pub mqtt: Option<SocketAddr>,
-    /// Use an external MQTT broker instead of the embedded one, e.g. mqtt://127.0.0.1:1883.
+    /// Use an external MQTT broker instead of the embedded one, e.g.
+    /// mqtt://127.0.0.1:1883 or mqtts://broker.local:8883 (TLS, needs --broker-ca).
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
+    /// Also serve MQTT over TLS on ADDR from the embedded broker (needs
+    /// --mqtt-tls-cert and --mqtt-tls-key); plain --mqtt stays for localhost.
+    #[arg(long, value_name = "ADDR", conflicts_with = "broker", requires_all = ["mqtt_tls_cert", "mqtt_tls_key"])]
+    pub mqtts: Option<SocketAddr>,
+    /// PEM certificate chain of the embedded broker's MQTTS listener.
+    #[arg(long, value_name = "PEM", requires = "mqtts")]
+    pub mqtt_tls_cert: Option<PathBuf>,
+    /// PEM private key of --mqtt-tls-cert.
+    #[arg(long, value_name = "PEM", requires = "mqtts")]
+    pub mqtt_tls_key: Option<PathBuf>,
+    /// PEM CA certificate that signed an mqtts:// --broker's certificate.
+    #[arg(long, value_name = "PEM", requires = "broker")]
+    pub broker_ca: Option<PathBuf>,
+    /// Username on the external --broker (password from LOA_BROKER_PASSWORD).
+    #[arg(long, value_name = "USER", requires = "broker")]
+    pub broker_username: Option<String>,
+    /// Password on the external --broker; prefer the environment variable
+    /// (a flag shows in `ps`).
+    #[arg(long, value_name = "PASSWORD", env = BROKER_PASSWORD_ENV, hide_env_values = true, requires = "broker_username")]
+    pub broker_password: Option<String>,
     /// Largest accepted upload, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     pub max_upload_bytes: u64,
@@ -50,8 +74,30 @@ pub struct ServeArgs {
 pub enum MqttMode {
     /// Start the embedded broker listening on this address.
     Embedded(SocketAddr),
-    /// Connect to an external broker at this `mqtt://HOST:PORT` URL.
+    /// Connect to an external broker at this `mqtt://HOST:PORT` (or
+    /// `mqtts://`) URL.
     External(String),
+}
+
+/// The embedded broker's MQTTS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttTlsListen {
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// TLS and logins of the MQTT links (see the README's security section).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MqttSecurity {
+    /// Embedded broker: also serve MQTTS here.
+    pub tls: Option<MqttTlsListen>,
+    /// External `mqtts://` broker: the CA that signed its certificate.
+    pub broker_ca: Option<PathBuf>,
+    /// External broker: the controller's account.
+    pub broker_credentials: Option<crate::mqtt_auth::Credentials>,
 }
 
 /// Everything [`crate::server::run`] needs, validated.
@@ -63,6 +109,8 @@ pub struct Config {
     pub http: SocketAddr,
     /// Which MQTT broker to use.
     pub mqtt: MqttMode,
+    /// MQTT TLS and logins.
+    pub mqtt_security: MqttSecurity,
     /// Upload size limit in bytes.
     pub max_upload_bytes: u64,
     /// How far ahead play events are computed and published.
@@ -78,8 +126,14 @@ pub struct Config {
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--broker must look like mqtt://HOST:PORT, got {0:?}")]
+    #[error("--broker must look like mqtt://HOST:PORT or mqtts://HOST:PORT, got {0:?}")]
     BrokerUrl(String),
+    #[error(
+        "--broker {0} uses TLS: give the CA certificate that signed its certificate with --broker-ca PEM"
+    )]
+    BrokerCaMissing(String),
+    #[error("--broker-ca is only for an mqtts:// broker, got {0:?}")]
+    BrokerCaUnused(String),
     #[error("--max-upload-bytes must be at least 1")]
     UploadLimit,
     #[error("--live-input must be `cpal` or `cpal:DEVICE`, got {0:?}")]
@@ -91,8 +145,15 @@ impl ServeArgs {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let mqtt = match (self.broker, self.mqtt) {
             (Some(url), _) => {
+                let tls = url.starts_with("mqtts://");
+                match (tls, &self.broker_ca) {
+                    (true, None) => return Err(ConfigError::BrokerCaMissing(url)),
+                    (false, Some(_)) => return Err(ConfigError::BrokerCaUnused(url)),
+                    _ => {}
+                }
                 let rest = url
                     .strip_prefix("mqtt://")
+                    .or_else(|| url.strip_prefix("mqtts://"))
                     .or_else(|| url.strip_prefix("tcp://"))
                     .ok_or_else(|| ConfigError::BrokerUrl(url.clone()))?;
                 let (host, port) = rest
@@ -123,10 +184,23 @@ impl ServeArgs {
         let admin_password = std::env::var(ADMIN_PASSWORD_ENV)
             .ok()
             .filter(|p| !p.is_empty());
+        let tls = match (self.mqtts, self.mqtt_tls_cert, self.mqtt_tls_key) {
+            (Some(listen), Some(cert), Some(key)) => Some(MqttTlsListen { listen, cert, key }),
+            // clap requires all three together.
+            _ => None,
+        };
+        let broker_credentials = self.broker_username.map(|user| {
+            crate::mqtt_auth::Credentials::new(user, self.broker_password.unwrap_or_default())
+        });
         Ok(Config {
             data_dir: self.data,
             http: self.http,
             mqtt,
+            mqtt_security: MqttSecurity {
+                tls,
+                broker_ca: self.broker_ca,
+                broker_credentials,
+            },
             max_upload_bytes: self.max_upload_bytes,
             horizon: chrono::Duration::days(i64::from(self.horizon_days)),
             admin_password,
@@ -148,6 +222,12 @@ mod tests {
             http: "127.0.0.1:0".parse().unwrap(),
             mqtt: mqtt.map(|m| m.parse().unwrap()),
             broker: broker.map(str::to_string),
+            mqtts: None,
+            mqtt_tls_cert: None,
+            mqtt_tls_key: None,
+            broker_ca: None,
+            broker_username: None,
+            broker_password: None,
             max_upload_bytes: 10,
             horizon_days: 7,
             live_delay_ms: 120,
@@ -204,6 +284,61 @@ mod tests {
                 "{bad} accepted"
             );
         }
+    }
+
+    #[test]
+    fn a_tls_broker_needs_its_ca() {
+        let err = args(Some("mqtts://127.0.0.1:8883"), None)
+            .into_config()
+            .unwrap_err();
+        assert!(err.to_string().contains("--broker-ca"), "{err}");
+        let mut a = args(Some("mqtts://127.0.0.1:8883"), None);
+        a.broker_ca = Some("/etc/loa/ca.pem".into());
+        a.broker_username = Some("loa-controller".into());
+        a.broker_password = Some("pw".into());
+        let c = a.into_config().unwrap();
+        assert_eq!(c.mqtt, MqttMode::External("mqtts://127.0.0.1:8883".into()));
+        assert_eq!(
+            c.mqtt_security.broker_credentials,
+            Some(crate::mqtt_auth::Credentials::new("loa-controller", "pw"))
+        );
+        let mut plain = args(Some("mqtt://127.0.0.1:1883"), None);
+        plain.broker_ca = Some("/etc/loa/ca.pem".into());
+        assert!(plain.into_config().is_err());
+    }
+
+    #[test]
+    fn mqtts_needs_a_certificate_and_key() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let base = ["x", "--data", "d", "--http", "127.0.0.1:0"];
+        let with = |extra: &[&str]| {
+            Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.serve.into_config())
+        };
+        assert!(with(&["--mqtts", "0.0.0.0:8883"]).is_err());
+        assert!(with(&["--mqtt-tls-cert", "c.pem", "--mqtt-tls-key", "k.pem"]).is_err());
+        let ok = with(&[
+            "--mqtts",
+            "0.0.0.0:8883",
+            "--mqtt-tls-cert",
+            "c.pem",
+            "--mqtt-tls-key",
+            "k.pem",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            ok.mqtt_security.tls,
+            Some(MqttTlsListen {
+                listen: "0.0.0.0:8883".parse().unwrap(),
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+            })
+        );
     }
 
     #[test]

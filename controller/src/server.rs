@@ -17,12 +17,14 @@ use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::bus::Bus;
+use crate::bus::{BrokerLogin, Bus};
 use crate::config::{Config, MqttMode};
 use crate::db::{self, AdminBootstrap};
 use crate::distribution::Distributor;
 use crate::ingest;
 use crate::live::LiveHub;
+#[cfg(feature = "embedded-broker")]
+use crate::mqtt_auth::{Credentials, MqttAuth};
 use crate::signing::Signer;
 use crate::state::AppState;
 use crate::store::AudioStore;
@@ -77,12 +79,12 @@ pub async fn run(
     let (db, store) = open_storage(&config).await?;
 
     let signer = Arc::new(Signer::open(&config.data_dir).context("opening the signing key")?);
-    let (_broker, broker_url) = start_broker(&config.mqtt)?;
-    let (bus, events) = Bus::connect(&broker_url, MQTT_CLIENT_ID, signer.clone())
+    let (_broker, broker_url, login) = start_broker(&config, &db).await?;
+    let (bus, events) = Bus::connect_with(&broker_url, MQTT_CLIENT_ID, signer.clone(), &login)
         .await
         .with_context(|| format!("connecting to the MQTT broker {broker_url}"))?;
 
-    let live_bus = Bus::connect_live(&broker_url, MQTT_LIVE_CLIENT_ID, signer.clone())
+    let live_bus = Bus::connect_live_with(&broker_url, MQTT_LIVE_CLIENT_ID, signer.clone(), &login)
         .await
         .with_context(|| format!("connecting the live link to the MQTT broker {broker_url}"))?;
 
@@ -118,17 +120,21 @@ pub async fn run(
 
     let stop = tasks.clone();
     let live_stop = live.clone();
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                () = shutdown => tracing::info!("shutting down"),
-                () = stop.cancelled() => {}
-            }
-            // End broadcasts first, so browser WebSockets close and the
-            // HTTP server can drain.
-            live_stop.shutdown().await;
-        })
-        .await;
+    // The peer address feeds the enrollment rate limit.
+    let served = axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        tokio::select! {
+            () = shutdown => tracing::info!("shutting down"),
+            () = stop.cancelled() => {}
+        }
+        // End broadcasts first, so browser WebSockets close and the
+        // HTTP server can drain.
+        live_stop.shutdown().await;
+    })
+    .await;
     live.shutdown().await;
     tasks.cancel();
     if tokio::time::timeout(TASK_SHUTDOWN_TIMEOUT, ingest)
@@ -143,33 +149,77 @@ pub async fn run(
     Ok(())
 }
 
-/// Starts the embedded broker if asked to; returns it (kept alive by the
-/// caller) and the URL to connect to.
+/// How the controller logs in to an external broker (`--broker`):
+/// its account and, for `mqtts://`, the CA it trusts.
+fn external_login(config: &Config) -> anyhow::Result<BrokerLogin> {
+    let ca_pem = match &config.mqtt_security.broker_ca {
+        Some(path) => Some(crate::mqtt_tls::read_ca(path)?),
+        None => None,
+    };
+    Ok(BrokerLogin {
+        credentials: config.mqtt_security.broker_credentials.clone(),
+        ca_pem,
+    })
+}
+
+/// Starts the embedded broker if asked to (every client must log in, see
+/// [`crate::mqtt_auth`]; MQTTS if configured); returns it (kept alive by
+/// the caller), the URL to connect to and how to log in there.
 #[cfg(feature = "embedded-broker")]
-fn start_broker(
-    mode: &MqttMode,
-) -> anyhow::Result<(Option<crate::broker::EmbeddedBroker>, String)> {
-    match mode {
+async fn start_broker(
+    config: &Config,
+    db: &SqlitePool,
+) -> anyhow::Result<(Option<crate::broker::EmbeddedBroker>, String, BrokerLogin)> {
+    match &config.mqtt {
         MqttMode::External(url) => {
             tracing::info!(%url, "using external MQTT broker");
-            Ok((None, url.clone()))
+            Ok((None, url.clone(), external_login(config)?))
         }
         MqttMode::Embedded(listen) => {
-            let broker = crate::broker::EmbeddedBroker::start(*listen)
-                .with_context(|| format!("starting the embedded MQTT broker on {listen}"))?;
+            // A fresh credential per process for the controller's own
+            // clients; receivers log in with their id and token.
+            let internal = Credentials::internal();
+            let auth = Arc::new(MqttAuth::new(db.clone(), internal.clone()));
+            let tls = config
+                .mqtt_security
+                .tls
+                .as_ref()
+                .map(|t| crate::broker::TlsListener {
+                    listen: t.listen,
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                });
+            let broker = crate::broker::EmbeddedBroker::start_with(crate::broker::BrokerOptions {
+                listen: *listen,
+                auth: Some(auth),
+                probe: Some(internal.clone()),
+                tls,
+            })
+            .await
+            .with_context(|| format!("starting the embedded MQTT broker on {listen}"))?;
             let url = broker.url();
             tracing::info!(%url, "embedded MQTT broker running");
             println!("loa-controller MQTT broker on {url}");
-            Ok((Some(broker), url))
+            if let Some(tls_url) = broker.tls_url() {
+                println!("loa-controller MQTTS broker on {tls_url}");
+            }
+            let login = BrokerLogin {
+                credentials: Some(internal),
+                ca_pem: None,
+            };
+            Ok((Some(broker), url, login))
         }
     }
 }
 
 /// Without the embedded broker, only `--broker` works.
 #[cfg(not(feature = "embedded-broker"))]
-fn start_broker(mode: &MqttMode) -> anyhow::Result<((), String)> {
-    match mode {
-        MqttMode::External(url) => Ok(((), url.clone())),
+async fn start_broker(
+    config: &Config,
+    _db: &SqlitePool,
+) -> anyhow::Result<((), String, BrokerLogin)> {
+    match &config.mqtt {
+        MqttMode::External(url) => Ok(((), url.clone(), external_login(config)?)),
         MqttMode::Embedded(_) => anyhow::bail!(
             "this build has no embedded MQTT broker (feature `embedded-broker`); pass --broker mqtt://HOST:PORT"
         ),

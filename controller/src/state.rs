@@ -33,6 +33,9 @@ pub struct AppState {
     /// The public half of the controller's signing key, served to
     /// receivers; `None` until set with [`AppState::with_controller_key`].
     pub controller_key: Option<loa_protocol::signed::VerifyingKey>,
+    /// Enrollment requests per remote address (in memory, see
+    /// [`crate::api::EnrollLimiter`]).
+    pub enroll_limiter: Arc<crate::api::EnrollLimiter>,
 }
 
 impl AppState {
@@ -55,6 +58,7 @@ impl AppState {
             )),
             live: LiveHub::disabled(),
             controller_key: None,
+            enroll_limiter: Arc::default(),
         }
     }
 

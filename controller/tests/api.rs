@@ -655,6 +655,7 @@ async fn server_runs_with_the_embedded_broker_and_shuts_down() {
         data_dir: dir.path().to_path_buf(),
         http,
         mqtt: loa_controller::config::MqttMode::Embedded(mqtt),
+        mqtt_security: Default::default(),
         max_upload_bytes: 1024 * 1024,
         horizon: Duration::days(7),
         admin_password: Some(PASSWORD.into()),

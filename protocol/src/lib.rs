@@ -8,6 +8,7 @@
 //! [`signed::Signed`] envelope, live frames with a trailing signature
 //! ([`live::LiveFrame`]).
 
+pub mod enroll;
 pub mod live;
 pub mod messages;
 pub mod signed;

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 mod daemon;
+pub mod enroll;
 pub mod fetcher;
 pub mod fsutil;
 pub mod ledger;

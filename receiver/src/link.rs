@@ -62,24 +62,69 @@ const MAX_INCOMING_PACKET: usize = 2 * MAX_PAYLOAD_BYTES;
 /// Dropped live frames and clock replies are logged at most this often.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A broker address from `--broker mqtt://HOST:PORT`.
+/// A broker address from `--broker mqtt://HOST:PORT` or
+/// `--broker mqtts://HOST:PORT` (TLS, with `--broker-ca`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddr {
     /// Host name or IP address (without brackets for IPv6).
     pub host: String,
-    /// TCP port; 1883 when not given.
+    /// TCP port; 1883 when not given (8883 with TLS).
     pub port: u16,
+    /// MQTT over TLS (`mqtts://`): the broker's certificate must be signed
+    /// by [`BrokerAddr::ca_pem`] and name `host`.
+    pub tls: bool,
+    /// The PEM CA certificate(s) trusted for TLS ([`BrokerAddr::with_ca_file`]).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl BrokerAddr {
+    /// Loads the CA that signed a TLS broker's certificate (`--broker-ca`).
+    /// A TLS broker needs one; a plain one must not have one (a CA given
+    /// for nothing hints at a mistyped URL).
+    pub fn with_ca_file(mut self, path: Option<&std::path::Path>) -> Result<Self, String> {
+        match (self.tls, path) {
+            (false, None) => Ok(self),
+            (false, Some(_)) => Err("--broker-ca is only for an mqtts:// broker".into()),
+            (true, None) => Err(
+                "an mqtts:// broker needs --broker-ca PEM (the CA that signed the broker's certificate)"
+                    .into(),
+            ),
+            (true, Some(path)) => {
+                use rumqttc::tokio_rustls::rustls::pki_types::CertificateDer;
+                use rumqttc::tokio_rustls::rustls::pki_types::pem::PemObject;
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("cannot read --broker-ca {}: {e}", path.display()))?;
+                let certs = CertificateDer::pem_slice_iter(&pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("--broker-ca {} is not valid PEM: {e}", path.display()))?;
+                if certs.is_empty() {
+                    return Err(format!(
+                        "--broker-ca {} holds no PEM certificate",
+                        path.display()
+                    ));
+                }
+                self.ca_pem = Some(pem);
+                Ok(self)
+            }
+        }
+    }
 }
 
 impl FromStr for BrokerAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let rest = s
-            .strip_prefix("mqtt://")
-            .or_else(|| s.strip_prefix("tcp://"))
-            .unwrap_or(s);
+        let (tls, rest) = match s.strip_prefix("mqtts://") {
+            Some(rest) => (true, rest),
+            None => (
+                false,
+                s.strip_prefix("mqtt://")
+                    .or_else(|| s.strip_prefix("tcp://"))
+                    .unwrap_or(s),
+            ),
+        };
         let rest = rest.trim_end_matches('/');
-        let bad = || format!("invalid broker {s:?}: expected mqtt://HOST:PORT");
+        let bad =
+            || format!("invalid broker {s:?}: expected mqtt://HOST:PORT or mqtts://HOST:PORT");
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (host, after) = v6.split_once(']').ok_or_else(bad)?;
             (host, after.strip_prefix(':'))
@@ -94,11 +139,14 @@ impl FromStr for BrokerAddr {
         }
         let port = match port {
             Some(p) => p.parse().map_err(|_| bad())?,
+            None if tls => 8883,
             None => 1883,
         };
         Ok(BrokerAddr {
             host: host.to_string(),
             port,
+            tls,
+            ca_pem: None,
         })
     }
 }
@@ -223,6 +271,15 @@ impl Link {
                 QoS::AtLeastOnce,
                 true,
             ));
+        if config.broker.tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Simple {
+                    ca: config.broker.ca_pem.clone().unwrap_or_default(),
+                    alpn: None,
+                    client_auth: None,
+                },
+            ));
+        }
         let (client, eventloop) = AsyncClient::new(options, 256);
         let live = LiveLink {
             hooks,
@@ -591,7 +648,9 @@ mod tests {
             a,
             BrokerAddr {
                 host: "127.0.0.1".into(),
-                port: 1884
+                port: 1884,
+                tls: false,
+                ca_pem: None,
             }
         );
         let b: BrokerAddr = "mqtt://broker.local".parse().unwrap();
@@ -601,10 +660,32 @@ mod tests {
             c,
             BrokerAddr {
                 host: "::1".into(),
-                port: 2000
+                port: 2000,
+                tls: false,
+                ca_pem: None,
             }
         );
         assert!("mqtt://:1883".parse::<BrokerAddr>().is_err());
         assert!("mqtt://host:notaport".parse::<BrokerAddr>().is_err());
+        let t: BrokerAddr = "mqtts://broker.local".parse().unwrap();
+        assert_eq!((t.port, t.tls), (8883, true));
+    }
+
+    #[test]
+    fn a_tls_broker_needs_a_readable_ca() {
+        let tls: BrokerAddr = "mqtts://127.0.0.1:8883".parse().unwrap();
+        let plain: BrokerAddr = "mqtt://127.0.0.1:1883".parse().unwrap();
+        let err = tls.clone().with_ca_file(None).unwrap_err();
+        assert!(err.contains("--broker-ca"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = tls.clone().with_ca_file(Some(&missing)).unwrap_err();
+        assert!(err.contains("missing.pem"), "{err}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "hello").unwrap();
+        let err = tls.with_ca_file(Some(&junk)).unwrap_err();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        assert!(plain.clone().with_ca_file(Some(&junk)).is_err());
+        assert_eq!(plain.clone().with_ca_file(None).unwrap(), plain);
     }
 }

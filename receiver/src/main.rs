@@ -1,7 +1,8 @@
-//! `loa-receiver run --id ID --token TOKEN --controller http://ADDR
-//! --broker mqtt://ADDR --cache DIR [--output cpal|cpal:DEVICE|wav:PATH]`:
-//! parses the command line, sets up logging and runs the receiver until
-//! Ctrl-C or SIGTERM.
+//! `loa-receiver run [--id ID --token TOKEN | --enroll] --controller
+//! http://ADDR --broker mqtt://ADDR --cache DIR [--output
+//! cpal|cpal:DEVICE|wav:PATH]`: parses the command line, sets up logging,
+//! enrolls if there is no token (see [`loa_receiver::enroll`]) and runs the
+//! receiver until Ctrl-C or SIGTERM.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,18 +27,33 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// This receiver's id, as registered on the controller.
+    /// This receiver's id, as registered on the controller (with --token);
+    /// when enrolling, only suggested to the technician.
     #[arg(long)]
-    id: String,
-    /// The receiver's token issued by the controller.
-    #[arg(long, env = "LOA_RECEIVER_TOKEN", hide_env_values = true)]
-    token: String,
+    id: Option<String>,
+    /// The receiver's token issued by the controller (manual provisioning).
+    /// Without it the receiver uses the credentials kept from its
+    /// enrollment, or enrolls (see --enroll).
+    #[arg(
+        long,
+        env = "LOA_RECEIVER_TOKEN",
+        hide_env_values = true,
+        requires = "id"
+    )]
+    token: Option<String>,
+    /// Enroll: create this device's key pair, show its enrollment code and
+    /// wait for a technician to accept it (the default without --token).
+    #[arg(long, conflicts_with = "token")]
+    enroll: bool,
     /// Controller base URL, e.g. http://10.0.0.1:8080.
     #[arg(long)]
     controller: String,
-    /// MQTT broker, e.g. mqtt://10.0.0.1:1883.
+    /// MQTT broker, e.g. mqtt://10.0.0.1:1883, or mqtts://HOST:8883 (TLS, needs --broker-ca).
     #[arg(long)]
     broker: BrokerAddr,
+    /// PEM CA certificate that signed an mqtts:// broker's certificate.
+    #[arg(long, value_name = "PEM")]
+    broker_ca: Option<PathBuf>,
     /// Directory for the audio cache, schedule and report queue.
     #[arg(long)]
     cache: PathBuf,
@@ -78,11 +94,39 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let Command::Run(args) = Cli::parse().command;
     let output: OutputSpec = args.output.parse()?;
+    let broker = args
+        .broker
+        .with_ca_file(args.broker_ca.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let (receiver_id, token) = match (args.token, args.id) {
+        (Some(token), Some(id)) => (id, token),
+        (Some(_), None) => anyhow::bail!("--token needs --id (or enroll without --token)"),
+        (None, requested_id) => {
+            let options = loa_receiver::enroll::EnrollOptions {
+                controller: args.controller.clone(),
+                hostname: loa_receiver::enroll::hostname(),
+                requested_id,
+                poll: Duration::from_secs(3),
+            };
+            let stop = tokio_util::sync::CancellationToken::new();
+            let enrolled = tokio::select! {
+                enrolled = loa_receiver::enroll::enroll(&args.cache, &options, &stop) => enrolled?,
+                () = shutdown_signal() => None,
+            };
+            let Some(credentials) = enrolled else {
+                return Ok(());
+            };
+            if args.enroll {
+                tracing::info!("--enroll: credentials kept; running normally");
+            }
+            (credentials.receiver_id, credentials.token)
+        }
+    };
     let config = loa_receiver::Config {
-        receiver_id: args.id,
-        token: args.token,
+        receiver_id,
+        token,
         controller: args.controller,
-        broker: args.broker,
+        broker,
         cache_dir: args.cache,
         output,
         amplifier: args.amplifier,

@@ -193,9 +193,16 @@ async fn fan_out(
          Clock estimate error = estimate − true offset.",
     );
     for &n in counts {
-        let ids: Vec<String> = (0..n).map(|i| format!("bench-{n}-{i}")).collect();
+        // The embedded broker lets only registered receivers in, each with
+        // its own token.
+        let mut members = Vec::with_capacity(n);
+        for i in 0..n {
+            let id = format!("bench-{n}-{i}");
+            let token = api.create_receiver(&id, &id, ZONE).await?;
+            members.push((id, token));
+        }
         let started = std::time::Instant::now();
-        let fleet = Fleet::start("127.0.0.1", port, ZONE, &ids).await?;
+        let fleet = Fleet::start("127.0.0.1", port, ZONE, &members).await?;
         // Every member through its burst of clock requests, then a pause
         // for the connection traffic to drain.
         if let Err(e) = fleet

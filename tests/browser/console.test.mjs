@@ -7,6 +7,7 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
@@ -393,6 +394,69 @@ test("on Cụm loa a technician sets the volume and plays a test tone", () =>
   assert.ok(firstLoud(wav, from, 0.05) >= 0, "the receiver's output holds the tone");
   state.toneSpan = [from, wavInfo(wav).samples];
   log("test tone: samples", state.toneSpan.join("…"));
+  }));
+
+/** A device as a receiver enrolling would be: its own Ed25519 key and code. */
+function enrollingDevice() {
+  const { publicKey, privateKey } = crypto.generateKeyPairSync("ed25519");
+  const raw = Buffer.from(publicKey.export({ format: "jwk" }).x, "base64url");
+  const digest = crypto.createHash("sha256").update(raw).digest();
+  let bits = 0n;
+  for (const b of digest.subarray(0, 5)) bits = (bits << 8n) | BigInt(b);
+  const alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+  let chars = "";
+  for (let i = 0; i < 8; i++) chars += alphabet[Number((bits >> BigInt(35 - 5 * i)) & 31n)];
+  return { publicKey: raw.toString("base64"), code: `${chars.slice(0, 4)}-${chars.slice(4)}`, privateKey };
+}
+
+function postJson(path, body) {
+  return fetch(`${config.base}/api/v1${path}`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+}
+
+/** The device's signed claim for its credential. */
+function claim(device) {
+  const timestamp = Math.floor(Date.now() / 1000);
+  const signed = Buffer.from(`loa/v1/enrollment-claim\n${device.publicKey}|${timestamp}`);
+  const signature = crypto.sign(null, signed, device.privateKey).toString("base64");
+  return postJson("/enrollments/claim", { public_key: device.publicKey, timestamp, signature });
+}
+
+test("on Cụm loa a technician accepts a device waiting for enrollment and rejects another", () =>
+  onPage(desktop, "enrollment", async (page) => {
+  const good = enrollingDevice();
+  const stranger = enrollingDevice();
+  for (const [device, hostname] of [[good, "may-loa-moi"], [stranger, "may-la"]]) {
+    const r = await postJson("/enrollments", { public_key: device.publicKey, code: device.code, hostname });
+    assert.equal(r.status, 202, await r.text());
+  }
+  assert.equal((await claim(good)).status, 202, "pending until accepted");
+  await login(page, config.admin);
+  await open(page, "cum-loa");
+  const row = page.locator(`#enroll-${good.code}`);
+  await row.waitFor();
+  assert.match(await row.textContent(), /may-loa-moi/);
+  assert.match(await page.textContent("body"), /Thiết bị chờ đăng ký/);
+  await shot(page, "desktop-cum-loa-cho-dang-ky");
+  await row.locator("[data-accept]").click();
+  await page.fill("#enroll-id", "loa-dang-ky");
+  await page.fill("#enroll-name", "Loa đăng ký thử");
+  await page.click('dialog [data-value="yes"]');
+  await page.locator(`#enroll-${good.code}`).waitFor({ state: "detached" });
+  await page.locator("#rcv-loa-dang-ky").waitFor();
+  const granted = await claim(good);
+  assert.equal(granted.status, 200);
+  const grant = await granted.json();
+  assert.equal(grant.receiver_id, "loa-dang-ky");
+  assert.ok(grant.token && grant.controller_key, JSON.stringify(grant));
+  assert.equal((await claim(good)).status, 409, "the credential is handed out once");
+  await page.locator(`#enroll-${stranger.code} [data-reject]`).click();
+  await page.click('dialog [data-value="yes"]');
+  await page.locator(`#enroll-${stranger.code}`).waitFor({ state: "detached" });
+  assert.equal((await claim(stranger)).status, 403);
+  // The enrolled device never runs here: remove it so later steps see only the real receivers.
+  const token = await page.evaluate(() => localStorage.getItem("loa.token"));
+  const removed = await fetch(`${config.base}/api/v1/receivers/loa-dang-ky`, { method: "DELETE", headers: { Authorization: `Bearer ${token}` } });
+  assert.equal(removed.status, 204);
   }));
 
 async function everyPage(context, prefix, checkWidth) {

@@ -112,11 +112,17 @@ pub fn true_offset_us() -> i64 {
 }
 
 impl Fleet {
-    /// Connects `ids.len()` members to the broker at `host:port`, all in
-    /// `zone`, [`BATCH`] at a time every [`BATCH_GAP`] (boards do not all
-    /// boot in the same millisecond; a connection storm would also skew
-    /// every member's first clock samples).
-    pub async fn start(host: &str, port: u16, zone: &str, ids: &[String]) -> Result<Self> {
+    /// Connects `members.len()` members (receiver id and token, as the
+    /// controller issued them: its broker lets nobody else in) to the
+    /// broker at `host:port`, all in `zone`, [`BATCH`] at a time every
+    /// [`BATCH_GAP`] (boards do not all boot in the same millisecond; a
+    /// connection storm would also skew every member's first clock samples).
+    pub async fn start(
+        host: &str,
+        port: u16,
+        zone: &str,
+        members: &[(String, String)],
+    ) -> Result<Self> {
         let truth = true_offset_us();
         let mut fleet = Fleet {
             truth_us: truth,
@@ -124,14 +130,15 @@ impl Fleet {
             clients: Vec::new(),
             tasks: Vec::new(),
         };
-        for (k, id) in ids.iter().enumerate() {
+        for (k, (id, token)) in members.iter().enumerate() {
             if k > 0 && k % BATCH == 0 {
                 tokio::time::sleep(BATCH_GAP).await;
             }
             let mut options = MqttOptions::new(id, host, port);
             options
                 .set_keep_alive(Duration::from_secs(30))
-                .set_clean_session(true);
+                .set_clean_session(true)
+                .set_credentials(id, token);
             let (client, mut eventloop) = AsyncClient::new(options, 64);
             let log = Arc::new(Mutex::new(MemberLog::default()));
             let live_topic = zone_live_topic(zone);

@@ -331,7 +331,11 @@ impl LiveRig {
         }
         let observer = match controller.broker {
             BrokerMode::Embedded { port } => {
-                Some(Fleet::start("127.0.0.1", port, ZONE, &["e2e-observer".to_string()]).await?)
+                // The broker lets only registered receivers in: the observer
+                // is one, in the zone, with no loudspeaker behind it.
+                let id = "e2e-observer".to_string();
+                let token = api.create_receiver(&id, "E2E observer", ZONE).await?;
+                Some(Fleet::start("127.0.0.1", port, ZONE, &[(id, token)]).await?)
             }
             BrokerMode::External { .. } => None,
         };

@@ -2,7 +2,8 @@
 //! whole API that writes one `audit_log` row for every request that changes
 //! something (every method but GET/HEAD/OPTIONS) and for every login
 //! attempt, with its outcome (the HTTP status), so refused attempts are
-//! there too. The action name comes from the route (`POST
+//! there too (except a device's enrollment claims, recorded only when a
+//! credential is handed out or asked for again). The action name comes from the route (`POST
 //! /programmes/{id}/approve` → `programmes.approve`); the object is the
 //! path's `{id}`, or the `id` of what a `201 Created` answer describes.
 //! Handlers may attach an [`AuditDetail`] to their response for more
@@ -141,6 +142,12 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     let mut object_id = object_from_path(&template, &path);
     let response = next.run(request).await;
     let status = response.status();
+    // Device claims are recorded only when a credential is handed out (200)
+    // or asked for again (409): polling while pending, and claims refused
+    // before any state is touched, change nothing and anyone can send them.
+    if action == "enrollments.claim" && !matches!(status, StatusCode::OK | StatusCode::CONFLICT) {
+        return response;
+    }
     let detail = response
         .extensions()
         .get::<AuditDetail>()

@@ -8,6 +8,7 @@ mod audio;
 pub mod audit;
 mod broadcasts;
 mod controller_key;
+mod enrollments;
 mod error;
 mod extract;
 mod health;
@@ -26,13 +27,18 @@ mod zones;
 
 use axum::Router;
 use axum::http::StatusCode;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use access::Role;
+pub use enrollments::EnrollLimiter;
 pub use error::ApiError;
 pub use extract::{ApiJson, ApiPath, ApiQuery};
 
 use crate::state::AppState;
+
+/// Longest wait for the next piece of a request body.
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The whole API with its state attached.
 pub fn router(state: AppState) -> Router {
@@ -42,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .merge(login::router())
         .merge(zones::router())
         .merge(receivers::router())
+        .merge(enrollments::router())
         .merge(programmes::router(state.max_upload_bytes))
         .merge(schedules::router())
         .merge(plays::router())
@@ -62,6 +69,10 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::web::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // A client that stops sending its body (a stalled or hostile upload)
+        // is dropped after this long without a byte, freeing the connection
+        // and the temporary file; a slow but live upload goes on.
+        .layer(RequestBodyTimeoutLayer::new(BODY_IDLE_TIMEOUT))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -211,7 +211,11 @@ macro_rules! select_receivers {
 
 /// Refuses a zone id that does not exist (422: the request names it in its
 /// body) or lies outside the user's unit (403).
-async fn check_zone(state: &AppState, user: &AuthUser, zone: &str) -> Result<(), ApiError> {
+pub(super) async fn check_zone(
+    state: &AppState,
+    user: &AuthUser,
+    zone: &str,
+) -> Result<(), ApiError> {
     check_id("zone", zone)?;
     let scope = Scope::of(&state.db, user).await?;
     let in_scope = scope.zones(&state.db).await?.contains_key(zone);

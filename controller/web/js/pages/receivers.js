@@ -1,8 +1,9 @@
 // Cụm loa: the loudspeakers on a map drawn from their latitude and
 // longitude (an SVG, no map tiles: works offline), their status, what they
 // play, their amplifier, and — for technicians — a volume slider (saved on
-// release), a test tone, zones (with quiet hours), new loudspeakers (their
-// token is shown once) and positions.
+// release), a test tone, zones (with quiet hours), devices waiting for
+// enrollment (accept with id, name and zone, or reject), new loudspeakers
+// (their token is shown once) and positions.
 
 import { get, post, patch, put } from "../api.js";
 import { t } from "../i18n.js";
@@ -197,6 +198,70 @@ function controls(r, reload, followTone) {
   );
 }
 
+/** Accept a device waiting for enrollment: choose its id, name and zone. */
+async function acceptEnrollment(e, zones, reload) {
+  const id = h("input", { value: e.requested_id || "", placeholder: "loa-cho", id: "enroll-id" });
+  const name = h("input", { placeholder: "Loa cổng chợ", id: "enroll-name" });
+  const zone = h("select", { id: "enroll-zone" }, zones.map((z) => h("option", { value: z.id }, z.name)));
+  const ok = await dialog(
+    `${t("Chấp nhận thiết bị")} ${e.code}`,
+    [
+      h("p", {}, t("Chỉ chấp nhận khi mã này giống hệt mã hiện trên thiết bị.")),
+      h("p", { class: "token-box" }, e.code),
+      h("div", { class: "form-grid" }, h("label", {}, t("Mã"), id), h("label", {}, t("Tên"), name), h("label", {}, t("Khu vực"), zone)),
+    ],
+    [
+      { label: t("Huỷ"), value: null },
+      { label: t("Chấp nhận"), value: "yes", class: "primary" },
+    ],
+  );
+  if (!ok) return;
+  await attempt(async () => {
+    await post(`/enrollments/${encodeURIComponent(e.code)}/accept`, { id: id.value.trim(), name: name.value, zone: zone.value });
+    toast(t("Đã chấp nhận thiết bị. Thiết bị sẽ kết nối trong vài giây."));
+    await reload();
+  });
+}
+
+async function rejectEnrollment(e, reload) {
+  const ok = await dialog(`${t("Từ chối thiết bị")} ${e.code}`, h("p", {}, t("Thiết bị này sẽ không thể đăng ký lại với khóa hiện tại.")), [
+    { label: t("Huỷ"), value: null },
+    { label: t("Từ chối"), value: "yes", class: "danger" },
+  ]);
+  if (!ok) return;
+  await attempt(async () => {
+    await post(`/enrollments/${encodeURIComponent(e.code)}/reject`, {});
+    toast(t("Đã từ chối thiết bị."));
+    await reload();
+  });
+}
+
+/** Devices waiting for enrollment (technicians and admins). */
+function enrollments(data, reload) {
+  const items = data.enrollments.map((e) =>
+    h(
+      "li",
+      { id: `enroll-${e.code}`, "data-enrollment": e.code },
+      h(
+        "div",
+        { class: "main" },
+        h("b", { class: "enroll-code" }, e.code),
+        h("small", {}, `${e.hostname}${e.remote_addr ? ` · ${e.remote_addr}` : ""} · ${fmtTime(e.created_at)}${e.requested_id ? ` · ${t("Mã đề nghị")}: ${e.requested_id}` : ""}`),
+      ),
+      h(
+        "div",
+        { class: "actions" },
+        h("button", { class: "small primary", type: "button", "data-accept": e.code, onclick: () => acceptEnrollment(e, data.zones, reload) }, t("Chấp nhận")),
+        h("button", { class: "small", type: "button", "data-reject": e.code, onclick: () => rejectEnrollment(e, reload) }, t("Từ chối")),
+      ),
+    ),
+  );
+  return card(
+    t("Thiết bị chờ đăng ký"),
+    items.length ? h("ul", { class: "list", id: "enrollment-list" }, items) : empty(t("Không có thiết bị nào chờ đăng ký.")),
+  );
+}
+
 function view(ctx, data, reload, followTone) {
   const tech = ctx.me.permissions.manage_devices;
   const titles = new Map(data.programmes.map((p) => [p.id, p.title]));
@@ -240,13 +305,20 @@ function view(ctx, data, reload, followTone) {
       card(t("Khu vực"), zones.length ? h("ul", { class: "list" }, zones) : empty(t("Chưa có khu vực nào."))),
     ),
     card(t("Cụm loa"), items.length ? h("ul", { class: "list", id: "receiver-list" }, items) : empty(t("Chưa có cụm loa nào."))),
+    tech ? enrollments(data, reload) : null,
   ];
 }
 
 export async function render(root, ctx) {
   const load = async () => {
-    const [receivers, zones, programmes] = await Promise.all([get("/receivers"), get("/zones"), get("/programmes")]);
-    return { receivers, zones, programmes };
+    const tech = ctx.me.permissions.manage_devices;
+    const [receivers, zones, programmes, enrollments] = await Promise.all([
+      get("/receivers"),
+      get("/zones"),
+      get("/programmes"),
+      tech ? get("/enrollments") : Promise.resolve([]),
+    ]);
+    return { receivers, zones, programmes, enrollments };
   };
   const status = h("div");
   const forms = h("div");
