@@ -32,6 +32,9 @@ targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 
 export RUSTC_BOOTSTRAP=1
+# libFuzzer's seed: 0 draws a new one each run; the test command fixes it so
+# that CI explores the same inputs on every run (a finding reproduces).
+seed=${LOA_FUZZ_SEED:-0}
 sanitizer=${LOA_FUZZ_SANITIZER:-address}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -61,7 +64,7 @@ for t in "${targets[@]}"; do
     t0=$SECONDS
     cargo fuzz run --fuzz-dir fuzz --sanitizer "$sanitizer" "$t" \
         "fuzz/work/corpus/$t" "fuzz/corpus/$t" -- \
-        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 \
+        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -seed="$seed" \
         -print_final_stats=1 "${dict[@]}" >"$log" 2>&1
     rc=$?
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

@@ -61,6 +61,8 @@ else
 fi
 # Bounded fuzzing of the bad-input surface (cargo fuzz on stable; its own
 # build of the targets with AddressSanitizer): LOA_FUZZ_SECONDS per target.
+# A fixed seed: every run explores the same inputs, so a finding reproduces.
+export LOA_FUZZ_SEED=${LOA_FUZZ_SEED:-1}
 step "fuzzing (${LOA_FUZZ_SECONDS:-30} s per target)" bash scripts/fuzz.sh "${LOA_FUZZ_SECONDS:-30}"
 
 echo
