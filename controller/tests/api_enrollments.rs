@@ -56,15 +56,7 @@ async fn seeded() -> TestApp {
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
     }
-    for (z, u) in [("z1", "c1"), ("z2", "c2")] {
-        let r = t
-            .post(
-                "/api/v1/zones",
-                json!({"id": z, "name": format!("Thôn {z}"), "unit_id": u}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
-    }
+    t.create_zones(&[("z1", "c1"), ("z2", "c2")]).await;
     for (name, role) in [("ky-thuat", "technician"), ("bien-tap", "editor")] {
         let r = t
             .post(

@@ -27,29 +27,14 @@ const PW: &str = "mật-khẩu-8-ký-tự";
 /// receivers r1 (z1), r2 (z2); users of every role in c1.
 async fn seeded() -> TestApp {
     let t = TestApp::new().await;
-    for (id, kind, parent) in [
+    t.create_units(&[
         ("p", "province", "root"),
         ("d", "district", "p"),
         ("c1", "commune", "d"),
         ("c2", "commune", "d"),
-    ] {
-        let r = t
-            .post(
-                "/api/v1/units",
-                json!({"id": id, "name": format!("Đơn vị {id}"), "kind": kind, "parent_id": parent}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
-    }
-    for (z, u) in [("z1", "c1"), ("z2", "c2")] {
-        let r = t
-            .post(
-                "/api/v1/zones",
-                json!({"id": z, "name": format!("Thôn {z}"), "unit_id": u}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
-    }
+    ])
+    .await;
+    t.create_zones(&[("z1", "c1"), ("z2", "c2")]).await;
     for (r, z) in [("r1", "z1"), ("r2", "z2")] {
         let reply = t
             .post(

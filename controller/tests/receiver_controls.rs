@@ -22,28 +22,13 @@ const PW: &str = "mật-khẩu-8-ký-tự";
 /// Returns the app and r1's token.
 async fn seeded() -> (TestApp, String) {
     let t = TestApp::new().await;
-    for (id, kind, parent) in [
+    t.create_units(&[
         ("p", "province", "root"),
         ("c1", "commune", "p"),
         ("c2", "commune", "p"),
-    ] {
-        let r = t
-            .post(
-                "/api/v1/units",
-                json!({"id": id, "name": format!("Đơn vị {id}"), "kind": kind, "parent_id": parent}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
-    }
-    for (z, u) in [("z1", "c1"), ("z2", "c2")] {
-        let r = t
-            .post(
-                "/api/v1/zones",
-                json!({"id": z, "name": format!("Thôn {z}"), "unit_id": u}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
-    }
+    ])
+    .await;
+    t.create_zones(&[("z1", "c1"), ("z2", "c2")]).await;
     let mut r1_token = String::new();
     for (r, z) in [("r1", "z1"), ("r2", "z2")] {
         let reply = t

@@ -154,6 +154,32 @@ impl TestApp {
             .await
     }
 
+    /// Creates units `(id, kind, parent_id)` as the admin, named "Đơn vị {id}".
+    pub async fn create_units(&self, units: &[(&str, &str, &str)]) {
+        for (id, kind, parent) in units {
+            let r = self
+                .post(
+                    "/api/v1/units",
+                    serde_json::json!({"id": id, "name": format!("Đơn vị {id}"), "kind": kind, "parent_id": parent}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+        }
+    }
+
+    /// Creates zones `(id, unit_id)` as the admin, named "Thôn {id}".
+    pub async fn create_zones(&self, zones: &[(&str, &str)]) {
+        for (id, unit) in zones {
+            let r = self
+                .post(
+                    "/api/v1/zones",
+                    serde_json::json!({"id": id, "name": format!("Thôn {id}"), "unit_id": unit}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+        }
+    }
+
     /// DELETE as the admin.
     pub async fn delete(&self, uri: &str) -> Reply {
         self.call(Method::DELETE, uri, Some(&self.token.clone()), None)
