@@ -14,6 +14,9 @@ source scripts/setup.sh || exit 1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-$([ -t 1 ] && echo always || echo never)}"
 export RUST_BACKTRACE=1
 export RUST_LIB_BACKTRACE=0  # panics get backtraces; anyhow errors (already explained) do not
+# A clean checkout builds once: incremental caches would only take disk.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+echo "disk before the build: $(df -h --output=avail . | tail -1 | tr -d ' ') free"
 
 names=()
 results=()
