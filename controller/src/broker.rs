@@ -24,9 +24,11 @@
 //! Security (`serve` always uses [`EmbeddedBroker::start_with`] with
 //! authentication): every client must log in, checked by
 //! [`crate::mqtt_auth::MqttAuth`]; [`BrokerOptions::tls`] adds an MQTTS
-//! listener ([`crate::mqtt_tls`]). [`EmbeddedBroker::start`] runs an open
-//! broker (anyone may connect) for in-process tests only. rumqttd cannot
-//! restrict topics: see [`crate::mosquitto`] for ACLs.
+//! listener ([`crate::mqtt_tls`]). rumqttd cannot restrict topics, so with
+//! authentication it listens on loopback only and clients are served by
+//! [`crate::mqtt_front_end`], which applies the topic ACLs
+//! ([`crate::topic_acl`]). [`EmbeddedBroker::start`] runs an open broker
+//! (anyone may connect, no front end) for in-process tests only.
 #![cfg(feature = "embedded-broker")]
 
 use std::collections::HashMap;
@@ -96,8 +98,11 @@ pub struct BrokerOptions {
 
 /// A running embedded broker.
 pub struct EmbeddedBroker {
-    /// The address it listens on (the real port when port 0 was asked for).
+    /// The address clients are given (the real port when port 0 was asked
+    /// for): the front end's, or rumqttd's own for an open test broker.
     addr: SocketAddr,
+    /// rumqttd's own listener (on loopback behind a front end).
+    internal_addr: SocketAddr,
     /// The MQTTS address, if any.
     tls_addr: Option<SocketAddr>,
     /// The thread running rumqttd's servers; kept so the broker's lifetime is
@@ -114,29 +119,65 @@ impl EmbeddedBroker {
     }
 
     /// Starts the broker as `options` say; returns once it accepts MQTT
-    /// connections (and, with TLS, once the MQTTS listener is bound). With
-    /// TLS it must be called within a tokio runtime (the relay runs there).
+    /// connections (and, with TLS, once the MQTTS listener is bound). Must be
+    /// called within a tokio runtime.
+    ///
+    /// With `auth`, rumqttd listens on a loopback port of its own (the
+    /// controller's clients use [`EmbeddedBroker::internal_url`]) and the
+    /// addresses asked for are served by [`crate::mqtt_front_end`], which
+    /// checks every login and topic.
     pub async fn start_with(options: BrokerOptions) -> Result<EmbeddedBroker, BrokerError> {
         // Check the certificate and key before anything listens.
         let tls_config = match &options.tls {
             Some(tls) => Some(crate::mqtt_tls::server_config(&tls.cert, &tls.key)?),
             None => None,
         };
-        let listen = options.listen;
-        let auth = options.auth;
         let probe = options.probe;
-        let mut broker =
-            tokio::task::spawn_blocking(move || Self::start_plain(listen, auth, probe))
+        let Some(auth) = options.auth else {
+            let listen = options.listen;
+            return tokio::task::spawn_blocking(move || Self::start_plain(listen, None, probe))
                 .await
-                .map_err(|e| BrokerError::Spawn(std::io::Error::other(e)))??;
+                .map_err(|e| BrokerError::Spawn(std::io::Error::other(e)))?;
+        };
+        // Fail on a taken public address before starting anything.
+        let public = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| BrokerError::AddrInUse {
+                addr: options.listen,
+                source,
+            })?;
+        drop(public);
+        let internal_listen = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
+        let internal_auth = auth.clone();
+        let mut broker = tokio::task::spawn_blocking(move || {
+            Self::start_plain(internal_listen, Some(internal_auth), probe)
+        })
+        .await
+        .map_err(|e| BrokerError::Spawn(std::io::Error::other(e)))??;
+        let front = crate::mqtt_front_end::FrontEnd::new(auth, broker.internal_addr);
+        broker.addr =
+            front
+                .listen(options.listen, None)
+                .await
+                .map_err(|source| BrokerError::AddrInUse {
+                    addr: options.listen,
+                    source,
+                })?;
         if let (Some(tls), Some(config)) = (options.tls, tls_config) {
-            let addr =
-                crate::mqtt_tls::start_proxy(tls.listen, config, connect_addr(broker.addr)).await?;
+            let addr = front
+                .listen(tls.listen, Some(config))
+                .await
+                .map_err(|source| TlsError::Bind {
+                    addr: tls.listen,
+                    source,
+                })?;
             broker.tls_addr = Some(addr);
         }
         Ok(broker)
     }
 
+    /// Starts rumqttd on `listen`; with `auth`, as the internal listener
+    /// behind the front end ([`MqttAuth::verdict_internal_listener`]).
     fn start_plain(
         listen: SocketAddr,
         auth: Option<Arc<MqttAuth>>,
@@ -180,6 +221,7 @@ impl EmbeddedBroker {
                     tracing::info!(%addr, "embedded MQTT broker listening");
                     return Ok(EmbeddedBroker {
                         addr,
+                        internal_addr: addr,
                         tls_addr: None,
                         _thread: thread,
                     });
@@ -203,6 +245,12 @@ impl EmbeddedBroker {
     /// (a wildcard listen address is reached through loopback).
     pub fn url(&self) -> String {
         url("mqtt", connect_addr(self.addr))
+    }
+
+    /// URL of rumqttd's own listener, for the controller's own clients
+    /// (the same as [`EmbeddedBroker::url`] without a front end).
+    pub fn internal_url(&self) -> String {
+        url("mqtt", connect_addr(self.internal_addr))
     }
 
     /// The MQTTS address, when TLS is served.
@@ -243,7 +291,7 @@ fn config(listen: SocketAddr, auth: Option<Arc<MqttAuth>>) -> Config {
         connections.set_auth_handler(
             move |client_id: String, username: String, password: String| {
                 let auth = auth.clone();
-                async move { auth.check(&client_id, &username, &password).await }
+                async move { auth.check_internal_listener(&client_id, &username, &password) }
             },
         );
     }

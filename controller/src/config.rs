@@ -18,15 +18,29 @@ pub const ADMIN_PASSWORD_ENV: &str = "LOA_ADMIN_PASSWORD";
 /// Environment variable holding the password on an external broker.
 pub const BROKER_PASSWORD_ENV: &str = "LOA_BROKER_PASSWORD";
 
+/// Environment variable naming the HTTPS certificate chain (`--https-cert`).
+pub const HTTPS_CERT_ENV: &str = "LOA_HTTPS_CERT";
+
+/// Environment variable naming the HTTPS private key (`--https-key`).
+pub const HTTPS_KEY_ENV: &str = "LOA_HTTPS_KEY";
+
 /// Arguments of `loa-controller serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Data directory: SQLite database, audio store, temporary uploads.
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
-    /// Address the HTTP API listens on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+    /// Address the HTTP API listens on, e.g. 127.0.0.1:8080 (port 0 picks a free port);
+    /// HTTPS there with --https-cert and --https-key.
     #[arg(long, value_name = "ADDR")]
     pub http: SocketAddr,
+    /// Serve the API and console over HTTPS on --http with this PEM
+    /// certificate chain (server certificate first; needs --https-key).
+    #[arg(long, value_name = "PEM", env = HTTPS_CERT_ENV, requires = "https_key")]
+    pub https_cert: Option<PathBuf>,
+    /// PEM private key of --https-cert.
+    #[arg(long, value_name = "PEM", env = HTTPS_KEY_ENV, requires = "https_cert")]
+    pub https_key: Option<PathBuf>,
     /// Run the embedded MQTT broker listening on ADDR [default: 127.0.0.1:1883].
     #[arg(long, value_name = "ADDR", conflicts_with = "broker")]
     pub mqtt: Option<SocketAddr>,
@@ -89,6 +103,15 @@ pub struct MqttTlsListen {
     pub key: PathBuf,
 }
 
+/// The HTTP API's certificate and key (`--https-cert`, `--https-key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsFiles {
+    /// PEM certificate chain, server certificate first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
 /// TLS and logins of the MQTT links (see the README's security section).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MqttSecurity {
@@ -107,6 +130,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HTTP listen address.
     pub http: SocketAddr,
+    /// Serve HTTPS on [`Config::http`] with these files; plain HTTP when `None`.
+    pub https: Option<HttpsFiles>,
     /// Which MQTT broker to use.
     pub mqtt: MqttMode,
     /// MQTT TLS and logins.
@@ -134,6 +159,8 @@ pub enum ConfigError {
     BrokerCaMissing(String),
     #[error("--broker-ca is only for an mqtts:// broker, got {0:?}")]
     BrokerCaUnused(String),
+    #[error("--https-cert and --https-key go together: give both (HTTPS) or neither (plain HTTP)")]
+    HttpsPair,
     #[error("--max-upload-bytes must be at least 1")]
     UploadLimit,
     #[error("--live-input must be `cpal` or `cpal:DEVICE`, got {0:?}")]
@@ -189,12 +216,19 @@ impl ServeArgs {
             // clap requires all three together.
             _ => None,
         };
+        let https = match (self.https_cert, self.https_key) {
+            (Some(cert), Some(key)) => Some(HttpsFiles { cert, key }),
+            (None, None) => None,
+            // clap requires both; a caller building ServeArgs may not.
+            _ => return Err(ConfigError::HttpsPair),
+        };
         let broker_credentials = self.broker_username.map(|user| {
             crate::mqtt_auth::Credentials::new(user, self.broker_password.unwrap_or_default())
         });
         Ok(Config {
             data_dir: self.data,
             http: self.http,
+            https,
             mqtt,
             mqtt_security: MqttSecurity {
                 tls,
@@ -220,6 +254,8 @@ mod tests {
         ServeArgs {
             data: "/tmp/x".into(),
             http: "127.0.0.1:0".parse().unwrap(),
+            https_cert: None,
+            https_key: None,
             mqtt: mqtt.map(|m| m.parse().unwrap()),
             broker: broker.map(str::to_string),
             mqtts: None,
@@ -339,6 +375,38 @@ mod tests {
                 key: "k.pem".into(),
             })
         );
+    }
+
+    #[test]
+    fn https_needs_a_certificate_and_key() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let base = ["x", "--data", "d", "--http", "127.0.0.1:0"];
+        let with = |extra: &[&str]| {
+            Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.serve.into_config())
+        };
+        let err = with(&["--https-cert", "c.pem"]).err().unwrap().to_string();
+        assert!(err.contains("--https-key"), "{err}");
+        let err = with(&["--https-key", "k.pem"]).err().unwrap().to_string();
+        assert!(err.contains("--https-cert"), "{err}");
+        let ok = with(&["--https-cert", "c.pem", "--https-key", "k.pem"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ok.https,
+            Some(HttpsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+            })
+        );
+        assert_eq!(with(&[]).unwrap().unwrap().https, None);
+        let mut half = args(None, None);
+        half.https_cert = Some("c.pem".into());
+        assert!(matches!(half.into_config(), Err(ConfigError::HttpsPair)));
     }
 
     #[test]

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP API, MQTT distribution and proof-of-play ingest.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write Mosquitto's acl_file (each receiver reads only its own and its
     /// zone's topics, writes only its own) and update its password_file.
     MosquittoAcl(MosquittoAclArgs),

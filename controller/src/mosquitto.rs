@@ -25,9 +25,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use loa_protocol::live::zone_live_topic;
-use loa_protocol::live::{clock_reply_topic, clock_request_topic, receiver_live_topic};
-use loa_protocol::topics::{PREFIX, ReceiverTopic};
+use loa_protocol::topics::PREFIX;
 use sqlx::SqlitePool;
 
 /// Default Mosquitto username of the controller.
@@ -89,21 +87,13 @@ pub fn acl_file(controller_user: &str, receivers: &[AclReceiver]) -> String {
     let _ = writeln!(out, "user {controller_user}\ntopic readwrite {PREFIX}/#\n");
     for r in receivers {
         let _ = writeln!(out, "user {}", r.id);
-        for kind in [
-            ReceiverTopic::Schedule,
-            ReceiverTopic::Acks,
-            ReceiverTopic::Settings,
-            ReceiverTopic::Commands,
-        ] {
-            let _ = writeln!(out, "topic read {}", kind.for_receiver(&r.id));
+        for topic in crate::topic_acl::receiver_reads(&r.id, Some(&r.zone)) {
+            let _ = writeln!(out, "topic read {topic}");
         }
-        let _ = writeln!(out, "topic read {}", clock_reply_topic(&r.id));
-        let _ = writeln!(out, "topic read {}", receiver_live_topic(&r.id));
-        let _ = writeln!(out, "topic read {}", zone_live_topic(&r.zone));
-        for kind in [ReceiverTopic::Status, ReceiverTopic::Plays] {
-            let _ = writeln!(out, "topic write {}", kind.for_receiver(&r.id));
+        for topic in crate::topic_acl::receiver_writes(&r.id) {
+            let _ = writeln!(out, "topic write {topic}");
         }
-        let _ = writeln!(out, "topic write {}\n", clock_request_topic(&r.id));
+        out.push('\n');
     }
     out
 }

@@ -1,8 +1,7 @@
 //! Who may connect to the embedded MQTT broker (`serve --mqtt/--mqtts`).
 //!
-//! rumqttd asks [`MqttAuth::check`] about every `CONNECT` that carries a
-//! username and password (one without them is refused by rumqttd itself).
-//! Accepted are only:
+//! [`MqttAuth::verdict`] decides about every `CONNECT` reaching the broker's
+//! public listener ([`crate::mqtt_front_end`]). Accepted are only:
 //! - a receiver whose client id and username are both its registered id and
 //!   whose password is its token: the token's SHA-256 must equal
 //!   `receivers.token_hash`. Lookups are cached for [`CACHE_TTL`], so a
@@ -15,11 +14,12 @@
 //! There is no anonymous access and no default credential. Refusals are
 //! logged at `warn` with the client id and username, never the password.
 //!
-//! The broker cannot restrict topics (rumqttd has no ACLs): an accepted
-//! receiver could subscribe to another receiver's topics. Everything the
-//! controller sends is signed (see [`crate::signing`]) and the controller
-//! checks that what a receiver publishes carries the receiver id of its
-//! topic; read ACLs need Mosquitto (see [`crate::mosquitto`]).
+//! rumqttd itself cannot restrict topics, so receivers reach it only
+//! through [`crate::mqtt_front_end`], which checks their login here with
+//! [`MqttAuth::verdict`], applies their topic ACL ([`crate::topic_acl`]) and
+//! hands them on under a per-process relay credential. The broker's own
+//! listener, on loopback, accepts only that relay credential and the
+//! controller's internal one ([`MqttAuth::verdict_internal_listener`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -36,6 +36,10 @@ pub const INTERNAL_CLIENT_PREFIX: &str = "loa-controller";
 
 /// Username of the controller's internal clients.
 pub const INTERNAL_USERNAME: &str = "loa-controller-internal";
+
+/// Username under which the broker's front end ([`crate::mqtt_front_end`])
+/// hands on a receiver it has authenticated.
+pub const RELAY_USERNAME: &str = "loa-front-end-relay";
 
 /// An MQTT username and password.
 #[derive(Clone, PartialEq, Eq)]
@@ -81,6 +85,8 @@ pub enum Refusal {
     UnknownReceiver,
     WrongPassword,
     Database,
+    WrongRelayPassword,
+    NotThroughFrontEnd,
 }
 
 impl std::fmt::Display for Refusal {
@@ -95,6 +101,10 @@ impl std::fmt::Display for Refusal {
             Refusal::UnknownReceiver => "no such receiver (unregistered or deleted)",
             Refusal::WrongPassword => "wrong token",
             Refusal::Database => "the receiver could not be looked up (database error)",
+            Refusal::WrongRelayPassword => "wrong password for the front end's relay user",
+            Refusal::NotThroughFrontEnd => {
+                "receivers must connect through the broker's public listener"
+            }
         })
     }
 }
@@ -103,6 +113,9 @@ impl std::fmt::Display for Refusal {
 pub struct MqttAuth {
     db: SqlitePool,
     internal: Credentials,
+    /// What the front end logs in with on a receiver's behalf (random,
+    /// per process, like `internal`).
+    relay: Credentials,
     /// The controller's runtime: rumqttd calls [`MqttAuth::check`] from its
     /// own, and the database pool lives on this one.
     runtime: tokio::runtime::Handle,
@@ -117,23 +130,75 @@ impl MqttAuth {
         MqttAuth {
             db,
             internal,
+            relay: Credentials::new(RELAY_USERNAME, crate::auth::new_token()),
             runtime: tokio::runtime::Handle::current(),
             cache: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Whether this `CONNECT` may proceed; refusals are logged.
-    pub async fn check(&self, client_id: &str, username: &str, password: &str) -> bool {
-        match self.verdict(client_id, username, password).await {
-            Ok(()) => {
-                tracing::debug!(client_id, username, "MQTT client authenticated");
-                true
-            }
+    /// The credential the front end hands receivers on with.
+    pub fn relay_credentials(&self) -> &Credentials {
+        &self.relay
+    }
+
+    /// The receivers' registry this handler checks against.
+    pub fn db(&self) -> &SqlitePool {
+        &self.db
+    }
+
+    /// Whether this `CONNECT` may reach the broker's internal listener
+    /// (behind the front end); refusals are logged.
+    pub fn check_internal_listener(&self, client_id: &str, username: &str, password: &str) -> bool {
+        match self.verdict_internal_listener(client_id, username, password) {
+            Ok(()) => true,
             Err(reason) => {
-                tracing::warn!(client_id, username, %reason, "refused MQTT connection");
+                tracing::warn!(client_id, username, %reason, "refused MQTT connection on the internal listener");
                 false
             }
         }
+    }
+
+    /// The internal listener takes only the controller's own clients and
+    /// receivers handed on by the front end (which checked their token and
+    /// applies their topic ACL): a receiver's own token is refused there.
+    pub fn verdict_internal_listener(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<(), Refusal> {
+        if username == self.relay.username {
+            if !equal(
+                &Sha256::digest(password.as_bytes()),
+                &Sha256::digest(self.relay.password.as_bytes()),
+            ) {
+                return Err(Refusal::WrongRelayPassword);
+            }
+            if client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
+                return Err(Refusal::ReservedClientId);
+            }
+            if !loa_protocol::is_valid_id(client_id) {
+                return Err(Refusal::InvalidId);
+            }
+            return Ok(());
+        }
+        if username == self.internal.username {
+            return self.verdict_internal(client_id, password);
+        }
+        Err(Refusal::NotThroughFrontEnd)
+    }
+
+    fn verdict_internal(&self, client_id: &str, password: &str) -> Result<(), Refusal> {
+        if !equal(
+            &Sha256::digest(password.as_bytes()),
+            &Sha256::digest(self.internal.password.as_bytes()),
+        ) {
+            return Err(Refusal::WrongInternalPassword);
+        }
+        if !client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
+            return Err(Refusal::InternalClientId);
+        }
+        Ok(())
     }
 
     /// Accepts or says why not.
@@ -147,16 +212,11 @@ impl MqttAuth {
             return Err(Refusal::NoUsername);
         }
         if username == self.internal.username {
-            if !equal(
-                &Sha256::digest(password.as_bytes()),
-                &Sha256::digest(self.internal.password.as_bytes()),
-            ) {
-                return Err(Refusal::WrongInternalPassword);
-            }
-            if !client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
-                return Err(Refusal::InternalClientId);
-            }
-            return Ok(());
+            return self.verdict_internal(client_id, password);
+        }
+        if username == self.relay.username {
+            // Only the front end itself speaks as the relay user.
+            return Err(Refusal::InvalidId);
         }
         if client_id != username {
             return Err(Refusal::ClientIdNotUsername);
@@ -314,6 +374,39 @@ mod tests {
         assert_eq!(
             auth.verdict("loa-1", "loa-1", "tok1").await,
             Err(Refusal::UnknownReceiver)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_internal_listener_takes_the_controller_and_the_front_end_only() {
+        let (auth, _dir) = auth_with(&[("loa-1", "tok1")]).await;
+        let relay = auth.relay_credentials().clone();
+        assert_eq!(
+            auth.verdict_internal_listener("loa-1", &relay.username, &relay.password),
+            Ok(())
+        );
+        assert_eq!(
+            auth.verdict_internal_listener("loa-1", &relay.username, "guess"),
+            Err(Refusal::WrongRelayPassword)
+        );
+        assert_eq!(
+            auth.verdict_internal_listener("loa-controller", &relay.username, &relay.password),
+            Err(Refusal::ReservedClientId)
+        );
+        assert_eq!(
+            auth.verdict_internal_listener("loa-controller", INTERNAL_USERNAME, "s3cret"),
+            Ok(())
+        );
+        // A receiver's own token does not open the internal listener.
+        assert_eq!(
+            auth.verdict_internal_listener("loa-1", "loa-1", "tok1"),
+            Err(Refusal::NotThroughFrontEnd)
+        );
+        // Nor does the relay user work on the public side.
+        assert!(
+            auth.verdict("loa-1", &relay.username, &relay.password)
+                .await
+                .is_err()
         );
     }
 

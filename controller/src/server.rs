@@ -1,7 +1,8 @@
 //! Wires the controller together and runs it until shutdown:
 //! database and first user → audio store → signing key → MQTT broker (embedded or
 //! external) → bus and live link → distributor, ingest and live hub (with
-//! its relay schedule timer) → HTTP API. On shutdown the HTTP server drains
+//! its relay schedule timer) → HTTP API (HTTPS with `--https-cert`, see
+//! [`crate::https`]). On shutdown the HTTP server drains
 //! in-flight requests, broadcasts on air end (sending their `End` frames),
 //! then the background tasks are cancelled and awaited.
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::serve::ListenerExt;
 use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +78,11 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // A bad certificate or key stops start-up before anything listens.
+    let https = match &config.https {
+        Some(files) => Some(crate::https::server_config(&files.cert, &files.key)?),
+        None => None,
+    };
     let (db, store) = open_storage(&config).await?;
 
     let signer = Arc::new(Signer::open(&config.data_dir).context("opening the signing key")?);
@@ -115,17 +122,13 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the HTTP address {}", config.http))?;
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, "HTTP API listening");
-    println!("loa-controller listening on http://{addr}");
+    let scheme = if https.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "HTTP API listening");
+    println!("loa-controller listening on {scheme}://{addr}");
 
     let stop = tasks.clone();
     let live_stop = live.clone();
-    // The peer address feeds the enrollment rate limit.
-    let served = axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let graceful = async move {
         tokio::select! {
             () = shutdown => tracing::info!("shutting down"),
             () = stop.cancelled() => {}
@@ -133,8 +136,24 @@ pub async fn run(
         // End broadcasts first, so browser WebSockets close and the
         // HTTP server can drain.
         live_stop.shutdown().await;
-    })
-    .await;
+    };
+    // The peer address feeds the enrollment rate limit.
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = match https {
+        None => {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(graceful)
+                .await
+        }
+        Some(tls) => {
+            let listener = crate::https::TlsListener::new(listener, tls)?;
+            // `tap_io` only for axum's `ConnectInfo<SocketAddr>`, which it
+            // provides for any tapped listener whose address is one.
+            axum::serve(listener.tap_io(|_| {}), service)
+                .with_graceful_shutdown(graceful)
+                .await
+        }
+    };
     live.shutdown().await;
     tasks.cancel();
     if tokio::time::timeout(TASK_SHUTDOWN_TIMEOUT, ingest)
@@ -200,6 +219,8 @@ async fn start_broker(
             let url = broker.url();
             tracing::info!(%url, "embedded MQTT broker running");
             println!("loa-controller MQTT broker on {url}");
+            // The controller's own clients skip the front end.
+            let url = broker.internal_url();
             if let Some(tls_url) = broker.tls_url() {
                 println!("loa-controller MQTTS broker on {tls_url}");
             }

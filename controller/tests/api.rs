@@ -654,6 +654,7 @@ async fn server_runs_with_the_embedded_broker_and_shuts_down() {
     let config = loa_controller::config::Config {
         data_dir: dir.path().to_path_buf(),
         http,
+        https: None,
         mqtt: loa_controller::config::MqttMode::Embedded(mqtt),
         mqtt_security: Default::default(),
         max_upload_bytes: 1024 * 1024,

@@ -185,6 +185,7 @@ impl Server {
         let config = loa_controller::config::Config {
             data_dir: dir.path().to_path_buf(),
             http,
+            https: None,
             mqtt: loa_controller::config::MqttMode::Embedded(mqtt),
             mqtt_security: loa_controller::config::MqttSecurity {
                 tls: Some(loa_controller::config::MqttTlsListen {
@@ -409,6 +410,7 @@ async fn a_missing_certificate_stops_start_up_with_a_clear_error() {
     let config = loa_controller::config::Config {
         data_dir: dir.path().to_path_buf(),
         http,
+        https: None,
         mqtt: loa_controller::config::MqttMode::Embedded(mqtt),
         mqtt_security: loa_controller::config::MqttSecurity {
             tls: Some(loa_controller::config::MqttTlsListen {
@@ -432,4 +434,122 @@ async fn a_missing_certificate_stops_start_up_with_a_clear_error() {
     .unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("absent.pem"), "{text}");
+}
+
+/// Sends `subscribe` (or a publish) on a fresh login of `id` and says what
+/// the broker did: `Ok(())` if it acknowledged, `Err` if it closed the link.
+async fn try_packet(port: u16, id: &str, token: &str, packet: Try<'_>) -> Result<(), String> {
+    let Outcome::Accepted(client, mut eventloop) = connect(port, id, Some((id, token)), None).await
+    else {
+        panic!("{id} with its own token was refused");
+    };
+    match packet {
+        Try::Subscribe(filter) => client.subscribe(filter, QoS::AtLeastOnce).await.unwrap(),
+        Try::Publish(topic) => client
+            .publish(topic, QoS::AtLeastOnce, false, b"{}".to_vec())
+            .await
+            .unwrap(),
+    }
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    break if ack
+                        .return_codes
+                        .iter()
+                        .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)))
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!("SUBACK {:?}", ack.return_codes))
+                    };
+                }
+                Ok(Event::Incoming(Packet::PubAck(_))) => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .expect("the broker answers or closes within 5 s")
+}
+
+enum Try<'a> {
+    Subscribe(&'a str),
+    Publish(&'a str),
+}
+
+#[tokio::test]
+async fn topic_acls_keep_a_receiver_to_its_own_topics() {
+    use loa_protocol::live::{clock_request_topic, receiver_live_topic, zone_live_topic};
+    use loa_protocol::topics::ReceiverTopic;
+    let dir = tempfile::tempdir().unwrap();
+    make_ca(dir.path(), "ca");
+    let (cert, key) = make_server_cert(dir.path(), "ca");
+    let server = Server::start(cert, key).await;
+    let t1 = server.receiver("loa-1").await;
+    server.receiver("loa-2").await;
+    let port = server.mqtt_port;
+
+    // Allowed: its own topics and its zone's live topic.
+    for filter in [
+        ReceiverTopic::Schedule.for_receiver("loa-1"),
+        ReceiverTopic::Settings.for_receiver("loa-1"),
+        receiver_live_topic("loa-1"),
+        zone_live_topic("thon-1"),
+    ] {
+        try_packet(port, "loa-1", &t1, Try::Subscribe(&filter))
+            .await
+            .unwrap_or_else(|e| panic!("subscribing to {filter} failed: {e}"));
+    }
+    for topic in [
+        ReceiverTopic::Status.for_receiver("loa-1"),
+        ReceiverTopic::Plays.for_receiver("loa-1"),
+        clock_request_topic("loa-1"),
+    ] {
+        try_packet(port, "loa-1", &t1, Try::Publish(&topic))
+            .await
+            .unwrap_or_else(|e| panic!("publishing on {topic} failed: {e}"));
+    }
+
+    // Denied: the connection is closed, nothing is delivered.
+    for filter in [
+        ReceiverTopic::Schedule.for_receiver("loa-2"),
+        receiver_live_topic("loa-2"),
+        zone_live_topic("thon-2"),
+        "loa/v1/#".to_string(),
+        ReceiverTopic::Schedule.for_all(),
+        "#".to_string(),
+    ] {
+        let outcome = try_packet(port, "loa-1", &t1, Try::Subscribe(&filter)).await;
+        assert!(outcome.is_err(), "loa-1 could subscribe to {filter}");
+    }
+    for topic in [
+        ReceiverTopic::Status.for_receiver("loa-2"),
+        ReceiverTopic::Plays.for_receiver("loa-2"),
+        ReceiverTopic::Schedule.for_receiver("loa-1"),
+        zone_live_topic("thon-1"),
+    ] {
+        let outcome = try_packet(port, "loa-1", &t1, Try::Publish(&topic)).await;
+        assert!(outcome.is_err(), "loa-1 could publish on {topic}");
+    }
+
+    // A last will on another receiver's status topic is refused at login.
+    let mut options = MqttOptions::new("loa-1", "127.0.0.1", port);
+    options.set_credentials("loa-1", &t1);
+    options.set_last_will(rumqttc::LastWill::new(
+        ReceiverTopic::Status.for_receiver("loa-2"),
+        b"{}".to_vec(),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let (_client, mut eventloop) = AsyncClient::new(options, 4);
+    let first = tokio::time::timeout(Duration::from_secs(5), eventloop.poll())
+        .await
+        .expect("an answer within 5 s");
+    assert!(
+        !matches!(first, Ok(Event::Incoming(Packet::ConnAck(ref a))) if a.code == rumqttc::ConnectReturnCode::Success),
+        "a last will on loa-2's status was accepted: {first:?}"
+    );
+    server.stop().await;
 }

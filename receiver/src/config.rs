@@ -16,8 +16,12 @@ pub struct Config {
     /// The token the controller issued for this receiver: bearer token for
     /// audio downloads and MQTT password.
     pub token: String,
-    /// Controller base URL, `http://HOST:PORT`, for audio downloads.
+    /// Controller base URL, `http://HOST:PORT` or `https://HOST:PORT`, for
+    /// audio downloads and the controller key.
     pub controller: String,
+    /// Trust for an `https://` controller: the system's CAs, plus
+    /// `--controller-ca` if given.
+    pub controller_tls: crate::controller_http::ControllerTls,
     /// The MQTT broker the controller uses.
     pub broker: BrokerAddr,
     /// Directory for everything kept across restarts: audio cache,
@@ -52,7 +56,7 @@ pub const MAX_VOLUME: f32 = 4.0;
 pub enum ConfigError {
     #[error("receiver id {0:?} is invalid: use 1-64 characters a-z, A-Z, 0-9, '-', '_', '.'")]
     BadId(String),
-    #[error("controller URL {0:?} is invalid: expected http://HOST:PORT")]
+    #[error("controller URL {0:?} is invalid: expected http://HOST:PORT or https://HOST:PORT")]
     BadController(String),
     #[error("{0}")]
     BadControllerKey(String),

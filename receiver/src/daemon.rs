@@ -97,11 +97,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let stop = CancellationToken::new();
     let (schedule_tx, schedule_rx) = watch::channel(current);
     let (cached_tx, mut cached_rx) = mpsc::unbounded_channel();
-    let fetcher = Fetcher::new(
+    let fetcher = Fetcher::with_tls(
         &config.controller,
         &config.token,
         cache.clone(),
         config.cache_grace,
+        &config.controller_tls,
     )?
     .with_clock(clock.clone());
     let fetcher_task = tokio::spawn({
@@ -138,8 +139,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let key_task = (!trust.has_key()).then(|| {
         let (link, stop) = (link.clone(), stop.clone());
         let (controller, token) = (config.controller.clone(), config.token.clone());
+        let tls = config.controller_tls.clone();
         tokio::spawn(async move {
-            if trust::fetch_until_known(&trust, &controller, &token, &stop).await {
+            if trust::fetch_until_known(&trust, &controller, &tls, &token, &stop).await {
                 link.refresh_controller_topics();
             }
         })

@@ -24,6 +24,7 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::controller_http::{ControllerTls, error_chain};
 use crate::fsutil;
 use crate::trust;
 
@@ -54,6 +55,8 @@ pub struct EnrollOptions {
     pub requested_id: Option<String>,
     /// First wait between claims (it grows by half each time up to [`MAX_POLL`]).
     pub poll: Duration,
+    /// Trust for an `https://` controller (`--controller-ca`).
+    pub tls: ControllerTls,
 }
 
 /// Writes `bytes` to `path` atomically, readable by the owner only.
@@ -171,9 +174,9 @@ pub async fn enroll(
         "{}/api/v1/enrollments",
         options.controller.trim_end_matches('/')
     );
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
+    let client = options
+        .tls
+        .client(|b| b.timeout(Duration::from_secs(10)))
         .context("cannot build the HTTP client")?;
     let request = EnrollmentRequest {
         public_key,
@@ -203,7 +206,7 @@ pub async fn enroll(
                     tracing::warn!(%status, %body, retry_in = ?wait, "enrollment request refused");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, url = %base, retry_in = ?wait, "cannot reach the controller to enroll");
+                    tracing::warn!(error = %error_chain(&e), url = %base, retry_in = ?wait, "cannot reach the controller to enroll");
                 }
             }
         }
@@ -248,7 +251,7 @@ pub async fn enroll(
                     tracing::warn!(%status, %body, retry_in = ?wait, "enrollment claim refused (is this device's clock right?)");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?wait, "cannot reach the controller to collect the credential");
+                    tracing::warn!(error = %error_chain(&e), retry_in = ?wait, "cannot reach the controller to collect the credential");
                 }
             }
         }

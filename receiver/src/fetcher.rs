@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Cache, CacheError};
+use crate::controller_http::{ControllerTls, error_chain};
 
 /// First wait after a failed round; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -59,17 +60,30 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher for the controller at `base` (`http://HOST:PORT`).
+    /// A fetcher for the controller at `base` (`http://HOST:PORT`, or
+    /// `https://` trusting the system's CAs).
     pub fn new(
         base: &str,
         token: &str,
         cache: Cache,
         grace: Duration,
     ) -> Result<Fetcher, FetchError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .build()?;
+        Self::with_tls(base, token, cache, grace, &ControllerTls::default())
+    }
+
+    /// Like [`new`](Self::new), trusting `tls` for an `https://` controller
+    /// (`--controller-ca`).
+    pub fn with_tls(
+        base: &str,
+        token: &str,
+        cache: Cache,
+        grace: Duration,
+        tls: &ControllerTls,
+    ) -> Result<Fetcher, FetchError> {
+        let http = tls.client(|b| {
+            b.connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60))
+        })?;
         Ok(Fetcher {
             http,
             base: base.trim_end_matches('/').to_string(),
@@ -157,7 +171,7 @@ impl Fetcher {
                     failed += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(programme = %id, error = %e, "could not fetch programme");
+                    tracing::warn!(programme = %id, error = %error_chain(&e), "could not fetch programme");
                     failed += 1;
                 }
             }

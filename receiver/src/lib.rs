@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod controller_http;
 mod daemon;
 pub mod enroll;
 pub mod fetcher;

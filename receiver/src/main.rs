@@ -1,6 +1,6 @@
 //! `loa-receiver run [--id ID --token TOKEN | --enroll] --controller
-//! http://ADDR --broker mqtt://ADDR --cache DIR [--output
-//! cpal|cpal:DEVICE|wav:PATH]`: parses the command line, sets up logging,
+//! http[s]://ADDR [--controller-ca PEM] --broker mqtt://ADDR --cache DIR
+//! [--output cpal|cpal:DEVICE|wav:PATH]`: parses the command line, sets up logging,
 //! enrolls if there is no token (see [`loa_receiver::enroll`]) and runs the
 //! receiver until Ctrl-C or SIGTERM.
 
@@ -45,9 +45,14 @@ struct RunArgs {
     /// wait for a technician to accept it (the default without --token).
     #[arg(long, conflicts_with = "token")]
     enroll: bool,
-    /// Controller base URL, e.g. http://10.0.0.1:8080.
+    /// Controller base URL, e.g. http://10.0.0.1:8080, or https://HOST:PORT
+    /// (HTTPS; a private CA needs --controller-ca).
     #[arg(long)]
     controller: String,
+    /// PEM CA certificate that signed an https:// controller's certificate
+    /// (trusted besides the system's CAs).
+    #[arg(long, value_name = "PEM", env = "LOA_CONTROLLER_CA")]
+    controller_ca: Option<PathBuf>,
     /// MQTT broker, e.g. mqtt://10.0.0.1:1883, or mqtts://HOST:8883 (TLS, needs --broker-ca).
     #[arg(long)]
     broker: BrokerAddr,
@@ -98,6 +103,10 @@ async fn main() -> anyhow::Result<()> {
         .broker
         .with_ca_file(args.broker_ca.as_deref())
         .map_err(anyhow::Error::msg)?;
+    let controller_tls = loa_receiver::controller_http::ControllerTls::for_controller(
+        &args.controller,
+        args.controller_ca.as_deref(),
+    )?;
     let (receiver_id, token) = match (args.token, args.id) {
         (Some(token), Some(id)) => (id, token),
         (Some(_), None) => anyhow::bail!("--token needs --id (or enroll without --token)"),
@@ -107,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
                 hostname: loa_receiver::enroll::hostname(),
                 requested_id,
                 poll: Duration::from_secs(3),
+                tls: controller_tls.clone(),
             };
             let stop = tokio_util::sync::CancellationToken::new();
             let enrolled = tokio::select! {
@@ -126,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
         receiver_id,
         token,
         controller: args.controller,
+        controller_tls,
         broker,
         cache_dir: args.cache,
         output,

@@ -322,14 +322,13 @@ struct KeyAnswer {
 pub async fn fetch_until_known(
     trust: &Trust,
     controller: &str,
+    tls: &crate::controller_http::ControllerTls,
     token: &str,
     stop: &CancellationToken,
 ) -> bool {
+    use crate::controller_http::error_chain;
     let url = format!("{}/api/v1/controller-key", controller.trim_end_matches('/'));
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
+    let client = match tls.client(|b| b.timeout(Duration::from_secs(10))) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the HTTP client for the controller key");
@@ -344,12 +343,12 @@ pub async fn fetch_until_known(
                 .bearer_auth(token)
                 .send()
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| error_chain(&e))?
                 .error_for_status()
                 .map_err(|e| e.to_string())?
                 .json()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| error_chain(&e))?;
             signed::parse_public_key(&answer.public_key)
         }
         .await;

@@ -190,6 +190,7 @@ fn start(cache: &Path, controller: &str, port: u16) -> Running {
             hostname: "may-loa-cong-cho".into(),
             requested_id: Some(ID.into()),
             poll: StdDuration::from_millis(200),
+            tls: Default::default(),
         };
         let Some(credentials) = enroll::enroll(&cache, &options, &cancel).await? else {
             return Ok(());
@@ -210,6 +211,7 @@ fn start(cache: &Path, controller: &str, port: u16) -> Running {
             volume: 1.0,
             emergency_volume: 1.0,
             controller_key: None,
+            controller_tls: Default::default(),
         };
         loa_receiver::run(config, async move {
             let _ = stopped.await;

@@ -230,6 +230,7 @@ async fn live_broadcast_interrupts_and_resumes_a_programme_in_sync() {
         volume: 1.0,
         emergency_volume: 1.0,
         controller_key: Some(common::controller_public_key()),
+        controller_tls: Default::default(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let receiver = tokio::spawn(loa_receiver::run(config, async move {

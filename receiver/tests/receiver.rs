@@ -128,6 +128,7 @@ fn start_receiver(cache: &Path, wav: &Path, controller: &str, broker_port: u16) 
         volume: 1.0,
         emergency_volume: 1.0,
         controller_key: Some(common::controller_public_key()),
+        controller_tls: Default::default(),
     };
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(loa_receiver::run(config, async move {

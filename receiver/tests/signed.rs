@@ -101,6 +101,7 @@ fn start(cache: &Path, controller: &str, port: u16, key: Option<String>) -> Runn
         volume: 1.0,
         emergency_volume: 1.0,
         controller_key: key,
+        controller_tls: Default::default(),
     };
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(loa_receiver::run(config, async move {

@@ -102,6 +102,7 @@ fn config(cache: &Path, wav: &Path, broker_port: u16) -> loa_receiver::Config {
         volume: 1.0,
         emergency_volume: 1.0,
         controller_key: Some(common::controller_public_key()),
+        controller_tls: Default::default(),
     }
 }
 

@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use loa_e2e::audio::peak;
 use loa_e2e::controller::BrokerMode;
-use loa_e2e::fleet::{Fleet, FleetFigures, figures};
+use loa_e2e::fleet::{Fleet, FleetFigures, FleetOptions, figures, register};
 use loa_e2e::live::{
     Clip, LiveRig, PER_MS, RigOptions, ZONE, click_track, end_broadcast, is_on_air, onsets,
     quantile, start_broadcast, zone_broadcast,
@@ -195,14 +195,13 @@ async fn fan_out(
     for &n in counts {
         // The embedded broker lets only registered receivers in, each with
         // its own token.
-        let mut members = Vec::with_capacity(n);
-        for i in 0..n {
-            let id = format!("bench-{n}-{i}");
-            let token = api.create_receiver(&id, &id, ZONE).await?;
-            members.push((id, token));
-        }
+        let ids: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("bench-{n}-{i}"), ZONE.to_string()))
+            .collect();
+        let members = register(&api, &ids, 4).await?;
         let started = std::time::Instant::now();
-        let fleet = Fleet::start("127.0.0.1", port, ZONE, &members).await?;
+        let fleet =
+            Fleet::start_with("127.0.0.1", port, &members, &FleetOptions::default()).await?;
         // Every member through its burst of clock requests, then a pause
         // for the connection traffic to drain.
         if let Err(e) = fleet

@@ -38,16 +38,32 @@ pub struct Api {
 impl Api {
     /// A client for the controller at `base` (`http://HOST:PORT`).
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .no_proxy()
-            .build()
-            .expect("reqwest client");
+        let http = Self::client_builder().build().expect("reqwest client");
         Api {
             base: base.trim_end_matches('/').to_string(),
             http,
             token: None,
         }
+    }
+
+    /// A client for the controller at `base` (`https://HOST:PORT`) that
+    /// trusts the PEM CA certificate `ca`.
+    pub fn trusting(base: &str, ca: &Path) -> Result<Self> {
+        let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
+        let http = Self::client_builder()
+            .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem)?)
+            .build()?;
+        Ok(Api {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            token: None,
+        })
+    }
+
+    fn client_builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .no_proxy()
     }
 
     /// Sends a request; returns the status and the body (JSON, or a JSON

@@ -2,7 +2,7 @@
 //! ports and log in the test's artifact directory.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,20 @@ pub struct ControllerOptions {
     /// Extra environment, e.g. `HOME` (whose `.asoundrc` sets what cpal's
     /// default input captures) and the JACK server's variables.
     pub env: Vec<(String, String)>,
+    /// Serve the API over HTTPS (`--https-cert`, `--https-key`).
+    pub https: Option<Https>,
+}
+
+/// The controller's HTTPS certificate and key, and the CA the test's
+/// clients trust.
+#[derive(Debug, Clone)]
+pub struct Https {
+    /// PEM certificate chain (`--https-cert`).
+    pub cert: PathBuf,
+    /// PEM private key (`--https-key`).
+    pub key: PathBuf,
+    /// PEM CA certificate that signed `cert`.
+    pub ca: PathBuf,
 }
 
 impl Controller {
@@ -105,9 +119,28 @@ impl Controller {
         Ok(controller)
     }
 
-    /// The HTTP base URL receivers and the API client use.
+    /// The HTTP base URL receivers and the API client use (`https://` when
+    /// serving HTTPS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.http)
+        let scheme = if self.options.https.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.http)
+    }
+
+    /// The CA that signed the HTTPS certificate, if serving HTTPS.
+    pub fn https_ca(&self) -> Option<&Path> {
+        self.options.https.as_ref().map(|h| h.ca.as_path())
+    }
+
+    /// An API client, not logged in, trusting [`https_ca`](Self::https_ca).
+    pub fn api(&self) -> Result<Api> {
+        match self.https_ca() {
+            Some(ca) => Api::trusting(&self.url(), ca),
+            None => Ok(Api::new(&self.url())),
+        }
     }
 
     /// The broker URL receivers connect to.
@@ -120,7 +153,7 @@ impl Controller {
 
     /// An API client logged in as `admin`.
     pub async fn admin_api(&self) -> Result<Api> {
-        let mut api = Api::new(&self.url());
+        let mut api = self.api()?;
         api.login("admin", &self.admin_password).await?;
         Ok(api)
     }
@@ -167,6 +200,12 @@ impl Controller {
             BrokerMode::Embedded { port } => cmd.args(["--mqtt", &format!("127.0.0.1:{port}")]),
             BrokerMode::External { url } => cmd.args(["--broker", url]),
         };
+        if let Some(https) = &self.options.https {
+            cmd.arg("--https-cert")
+                .arg(&https.cert)
+                .arg("--https-key")
+                .arg(&https.key);
+        }
         cmd.args(&self.options.args);
         cmd.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         cmd.env("LOA_ADMIN_PASSWORD", &self.admin_password)
@@ -180,7 +219,7 @@ impl Controller {
     }
 
     async fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
-        let api = Api::new(&self.url());
+        let api = self.api()?;
         let deadline = Instant::now() + timeout;
         loop {
             self.ensure_running()?;

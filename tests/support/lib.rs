@@ -18,6 +18,7 @@ pub mod artifacts;
 pub mod audio;
 pub mod bins;
 pub mod bulletin;
+pub mod certs;
 pub mod controller;
 pub mod cut;
 pub mod fleet;

@@ -270,7 +270,7 @@ impl LiveRig {
         };
         let mut controller_options = ControllerOptions {
             args: options.controller_args.clone(),
-            env: Vec::new(),
+            ..Default::default()
         };
         if options.microphone {
             let home = art.subdir("controller-home")?;

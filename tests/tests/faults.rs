@@ -3,7 +3,9 @@
 //! played or broadcast live, then counting what was lost. Receivers play
 //! into WAV files (`--output wav:PATH`, paced by the wall clock like a
 //! sound card), so the suite needs no audio rig; the "network" is a TCP
-//! link the test cuts, restores and slows ([`CutLink`]).
+//! link the test cuts, restores and slows ([`CutLink`]). The load
+//! scenario instead connects 1,000 lightweight in-process receivers
+//! ([`loa_e2e::fleet`]) to the controller's embedded broker at once.
 //!
 //! Every scenario expects: no missed scheduled play, no lost proof-of-play
 //! report, no corrupt cache entry, and recovery without a human. Figures
@@ -21,7 +23,7 @@ use chrono_tz::Asia::Ho_Chi_Minh;
 use loa_e2e::api::Programme;
 use loa_e2e::audio::{align, read_wav_mono};
 use loa_e2e::cut::{CutLink, Impairment};
-use loa_e2e::live::{live_summary_from_log, start_broadcast, zone_broadcast};
+use loa_e2e::live::{is_on_air, live_summary_from_log, start_broadcast, zone_broadcast};
 use loa_e2e::net::free_port;
 use loa_e2e::process::log_tail;
 use loa_e2e::wav_receiver::WavReceiver;
@@ -1062,6 +1064,509 @@ fn controller_disk_full_refuses_the_upload_cleanly() -> Result<()> {
         controller.kill9()?;
         Ok(())
     })
+}
+
+// ---------------------------------------------------------------------------
+// Load
+
+/// Receivers in the load scenario.
+const FLEET: usize = 1000;
+/// Their zones (the receivers are dealt out over them in turn).
+const FLEET_ZONES: [&str; 4] = ["xom-1", "xom-2", "xom-3", "xom-4"];
+/// Pause between two schedule changes during the broadcast.
+const CHANGE_GAP: Duration = Duration::from_millis(1500);
+/// Heartbeat of the lightweight receivers (the receiver's default).
+const FLEET_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// 1,000 receivers log in at once — lightweight in-process MQTT clients
+/// ([`loa_e2e::fleet`]) with the receiver's clock code, each on its own
+/// schedule topic (envelopes checked with the controller's key), its
+/// zone's live topic and its clock topics, publishing its status — to the
+/// real controller and its embedded broker; then, while a stored programme
+/// is broadcast live to their four zones, the schedules change five times
+/// (schedules created for some zones, for all, one deleted).
+///
+/// Expected: every receiver ends up holding the latest schedule version
+/// the controller published to it (the controller's log says which:
+/// `published schedule receiver=… version=…`; intermediate versions may be
+/// skipped, since the topic is retained and a receiver follows only the
+/// newest), no envelope refused, no subscription refused, and no live
+/// frame lost. Frames that arrive after their playout instant are counted
+/// but do not fail the scenario: with 1,000 clients in this one process
+/// and the broker on two cores, a late frame measures how soon this
+/// process got the CPU, not the system (the live benchmark measures
+/// latency; see the README).
+#[test]
+fn a_thousand_receivers_while_schedules_change_and_a_broadcast_runs() -> Result<()> {
+    use loa_e2e::fleet::{self, Fleet, FleetOptions, schedule_figures};
+
+    run("fault_thousand_receivers", async |mut art| {
+        let bins = Binaries::locate()?;
+        let bulletin = TestBulletin::generate(&art.dir)?;
+        let port = free_port();
+        let mut controller = Controller::start(&bins, &art, BrokerMode::Embedded { port }).await?;
+        let api = controller.admin_api().await?;
+        for (k, zone) in FLEET_ZONES.iter().enumerate() {
+            api.create_zone(zone, &format!("Xóm {}", k + 1)).await?;
+        }
+        let programme = api
+            .upload_programme(&bulletin.mp3, "Bản tin chuyển đổi số", "chuyen-doi-so")
+            .await?;
+        let key = api
+            .ok(reqwest::Method::GET, "/api/v1/controller-key", None)
+            .await?;
+        let key = loa_protocol::signed::parse_public_key(
+            key["public_key"]
+                .as_str()
+                .context("controller key without public_key")?,
+        )
+        .map_err(anyhow::Error::msg)?;
+
+        let ids: Vec<(String, String)> = (0..FLEET)
+            .map(|i| {
+                let zone = FLEET_ZONES[i % FLEET_ZONES.len()];
+                (format!("{zone}-loa-{i:04}"), zone.to_string())
+            })
+            .collect();
+        let registering = Instant::now();
+        let members = fleet::register(&api, &ids, 4).await?;
+        art.figure(format!(
+            "{FLEET} receivers registered through the API in {:.1} s, {} per zone in {} zones",
+            registering.elapsed().as_secs_f64(),
+            FLEET / FLEET_ZONES.len(),
+            FLEET_ZONES.len()
+        ));
+
+        // All at once: no batches.
+        let connecting = Instant::now();
+        let start_us = fleet::now_us();
+        let fleet = Fleet::start_with(
+            "127.0.0.1",
+            port,
+            &members,
+            &FleetOptions {
+                batch: FLEET,
+                batch_gap: Duration::ZERO,
+                schedule_key: Some(key),
+                heartbeat: Some(FLEET_HEARTBEAT),
+            },
+        )
+        .await?;
+        let subscribed = wait::until(
+            "every receiver connected and subscribed",
+            Duration::from_secs(30),
+            async || {
+                let subs = fleet.map(|l| l.subscribed_us);
+                Ok(subs
+                    .iter()
+                    .all(Option::is_some)
+                    .then(|| subs.iter().flatten().max().copied()))
+            },
+        )
+        .await
+        .with_context(|| fleet.connection_errors())?;
+        let connack_ms: Vec<f64> = fleet
+            .map(|l| l.connected_us)
+            .into_iter()
+            .flatten()
+            .map(|t| (t - start_us) as f64 / 1000.0)
+            .collect();
+        let q = |p| loa_e2e::live::quantile(&connack_ms, p);
+        art.figure(format!(
+            "{} of {FLEET} connected at once: CONNACK after p50 {:.0} ms, p99 {:.0} ms, last {:.0} ms; \
+             last SUBACK {:.0} ms after the first connect; {} (a member whose attempt fails tries again, \
+             as a receiver does)",
+            connack_ms.len(),
+            q(0.5),
+            q(0.99),
+            q(1.0),
+            subscribed.map_or(f64::NAN, |t| (t - start_us) as f64 / 1000.0),
+            fleet.connection_errors()
+        ));
+        let all_ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+        wait::until(
+            "the controller to list every receiver online",
+            Duration::from_secs(30),
+            async || {
+                let list = api.receivers().await?;
+                Ok(all_ids
+                    .iter()
+                    .all(|id| find(&list, id).is_some_and(|r| r["online"] == json!(true)))
+                    .then_some(()))
+            },
+        )
+        .await?;
+        art.figure(format!(
+            "the controller listed all {FLEET} online (their statuses ingested) {:.1} s after the first connect",
+            connecting.elapsed().as_secs_f64()
+        ));
+        wait::until(
+            "every receiver to hold a first schedule",
+            Duration::from_secs(30),
+            async || {
+                Ok(fleet
+                    .map(|l| l.version().is_some())
+                    .iter()
+                    .all(|h| *h)
+                    .then_some(()))
+            },
+        )
+        .await
+        .with_context(|| fleet.connection_errors())?;
+        fleet
+            .wait_ready(loa_receiver::clock::BURST as usize, Duration::from_secs(30))
+            .await?;
+        // Live frames are QoS 0 on a clean session: a member still
+        // reconnecting would lose some, so the storm must be over first.
+        fleet
+            .wait_settled(Duration::from_secs(2), Duration::from_secs(30))
+            .await?;
+        art.figure(format!(
+            "every receiver held a first schedule, had its clock burst and was connected with no error for 2 s \
+             {:.1} s after the first connect; {}",
+            connecting.elapsed().as_secs_f64(),
+            fleet.connection_errors()
+        ));
+
+        // The broadcast, and the schedules changing under it.
+        let zones: Vec<&str> = FLEET_ZONES.to_vec();
+        let broadcast = start_broadcast(
+            &api,
+            &json!({"source": {"type": "programme", "id": programme.id},
+                    "targets": {"zones": zones, "receivers": []}, "priority": "normal"}),
+        )
+        .await?;
+        let on_air_at = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let day = Utc::now().with_timezone(&Ho_Chi_Minh).date_naive() + chrono::Days::new(1);
+        let schedule = async |hour: u32, zones: &[&str], rrule: Option<&str>| -> Result<String> {
+            let mut spec = json!({
+                "programme_id": programme.id,
+                "targets": {"zones": zones, "receivers": []},
+                "start": format!("{day}T{hour:02}:00:00"),
+                "timezone": "Asia/Ho_Chi_Minh", "priority": "normal"
+            });
+            if let Some(rrule) = rrule {
+                spec["rrule"] = json!(rrule);
+            }
+            let v = api.create_schedule(&spec).await?;
+            Ok(v["id"].as_str().context("schedule without id")?.to_string())
+        };
+        let mut changes = Vec::new();
+        let first = schedule(8, &zones[..2], None).await?;
+        changes.push(format!("+ 08:00 for {:?}", &zones[..2]));
+        tokio::time::sleep(CHANGE_GAP).await;
+        schedule(9, &zones[2..], None).await?;
+        changes.push(format!("+ 09:00 for {:?}", &zones[2..]));
+        tokio::time::sleep(CHANGE_GAP).await;
+        schedule(10, &zones, Some("FREQ=DAILY")).await?;
+        changes.push("+ 10:00 daily for all".to_string());
+        tokio::time::sleep(CHANGE_GAP).await;
+        api.ok(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/schedules/{first}"),
+            None,
+        )
+        .await?;
+        changes.push("− the 08:00 one".to_string());
+        tokio::time::sleep(CHANGE_GAP).await;
+        schedule(11, &zones, None).await?;
+        changes.push("+ 11:00 for all".to_string());
+        let last_change = Instant::now();
+        let last_change_us = fleet::now_us();
+        ensure!(
+            is_on_air(&api, &broadcast).await?,
+            "the broadcast ended before the last schedule change: the changes did not overlap it"
+        );
+        art.figure(format!(
+            "live broadcast of programme {} ({} ms) to the {} zones; during it, every {:.1} s from 1 s in, \
+             schedule changes: {}",
+            programme.id,
+            programme.duration_ms,
+            zones.len(),
+            CHANGE_GAP.as_secs_f64(),
+            changes.join(", ")
+        ));
+
+        // Every receiver's last publication comes after the last change
+        // (which targets every zone); until each member holds it.
+        let log = art.path("controller.log");
+        let mut tail = PublishedLog::new(&log);
+        let converged = wait::until(
+            "every receiver to hold the schedule published after the last change",
+            Duration::from_secs(30),
+            async || {
+                let published = tail.update()?;
+                let held = fleet.map(|l| (l.id.clone(), l.version()));
+                Ok(held
+                    .iter()
+                    .all(|(id, version)| {
+                        published.get(id).is_some_and(|p| {
+                            p.iter().any(|(_, at)| *at >= last_change_us)
+                                && p.iter().map(|(v, _)| *v).max() == *version
+                        })
+                    })
+                    .then(|| last_change.elapsed()))
+            },
+        )
+        .await;
+
+        // The end of the broadcast.
+        let deadline = on_air_at + Duration::from_millis(programme.duration_ms + 15_000);
+        while is_on_air(&api, &broadcast).await? && Instant::now() < deadline {
+            controller.ensure_running()?;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let still_on_air = is_on_air(&api, &broadcast).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // A last look at the log: nothing published since.
+        let published = tail.update()?.clone();
+        let errors_before_stop = fleet.connection_errors();
+        let stop_us = fleet::now_us();
+        let logs = fleet.stop().await;
+        controller.ensure_running()?;
+        write_schedule_log(&art.path("schedules.csv"), &logs)?;
+
+        let s = schedule_figures(&logs, &published);
+        let after_change =
+            |t: Option<i64>| t.map_or(f64::NAN, |t| (t - last_change_us) as f64 / 1000.0);
+        let last_ms = after_change(s.last_arrival_us);
+        // The pass after the last change: when it published the first and
+        // the last receiver's final version.
+        let final_pass: Vec<i64> = published
+            .values()
+            .filter_map(|p| {
+                let latest = p.iter().map(|(v, _)| *v).max()?;
+                p.iter().find(|(v, _)| *v == latest).map(|(_, at)| *at)
+            })
+            .collect();
+        art.figure(format!(
+            "schedules: {} of {} receivers hold the latest version published to them, {} do not{}; \
+             versions published {} (distinct per receiver, summed), delivered {} ({} intermediate ones \
+             skipped), envelopes refused {}; latest version publication → arrival p50 {:.1} ms, p99 {:.1} ms, \
+             max {:.1} ms; the pass after the last change published from {:.0} to {:.0} ms after it was answered, \
+             and the last receiver had its schedule {last_ms:.0} ms after{}",
+            s.latest,
+            s.receivers,
+            s.behind.len(),
+            if s.behind.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({}{})",
+                    s.behind.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                    if s.behind.len() > 5 { ", …" } else { "" }
+                )
+            },
+            s.published,
+            s.delivered,
+            s.published - s.delivered,
+            s.refused,
+            s.delay_ms[0],
+            s.delay_ms[1],
+            s.delay_ms[2],
+            after_change(final_pass.iter().min().copied()),
+            after_change(final_pass.iter().max().copied()),
+            match &converged {
+                Ok(_) => String::new(),
+                Err(e) => format!(" — {e:#}"),
+            }
+        ));
+        let f = loa_e2e::fleet::figures(&logs);
+        let ends = logs.iter().filter(|l| l.ends > 0).count();
+        art.figure(format!(
+            "live: frames sent {} (the programme is {} frames), lost {} of {}, late {} ({:.2} %, counted, \
+             not failed: see the scenario's comment), before clock sync {}; arrival − capture p50 {:.1} ms \
+             p99 {:.1} ms max {:.1} ms; {ends} of {FLEET} receivers saw the End frame{}",
+            f.frames_sent,
+            programme.duration_ms / 20,
+            f.lost,
+            f.expected,
+            f.late,
+            if f.expected > 0 {
+                f.late as f64 * 100.0 / f.expected as f64
+            } else {
+                0.0
+            },
+            f.unsynced,
+            f.transport_ms[0],
+            f.transport_ms[1],
+            f.transport_ms[2],
+            if still_on_air {
+                "; the broadcast was still on air after its length + 15 s"
+            } else {
+                ""
+            }
+        ));
+        let dropped = logs.iter().filter(|l| l.connects > 1).count();
+        let refused_subs: usize = logs.iter().map(|l| l.refused_subscriptions).sum();
+        let (warns, errors) = log_levels(&log, stop_us);
+        art.figure(format!(
+            "until the receivers disconnected: connections dropped after a CONNACK and taken up again: \
+             {dropped}; {errors_before_stop}; subscriptions refused: {refused_subs}; controller log: {} ERROR, \
+             {} WARN line(s){}",
+            errors.len(),
+            warns.len(),
+            log_groups(errors.iter().chain(&warns))
+                .iter()
+                .take(6)
+                .map(|(line, n)| format!("\n  {n}× {line}"))
+                .collect::<String>()
+        ));
+
+        ensure!(
+            refused_subs == 0,
+            "{refused_subs} subscriptions refused (the broker's topic ACL?)"
+        );
+        ensure!(s.refused == 0, "{} schedule envelopes refused", s.refused);
+        ensure!(
+            s.behind.is_empty(),
+            "{} receivers do not hold their latest schedule: {:?}",
+            s.behind.len(),
+            s.behind.iter().take(10).collect::<Vec<_>>()
+        );
+        converged?;
+        ensure!(f.frames_sent > 0, "no live frame reached any receiver");
+        ensure!(f.lost == 0, "{} live frames lost of {}", f.lost, f.expected);
+        ensure!(!still_on_air, "the broadcast did not end");
+        Ok(())
+    })
+}
+
+/// The schedule publications in the controller's log (`published schedule
+/// receiver=… version=…`, at debug level, which the harness turns on),
+/// read as the log grows.
+struct PublishedLog {
+    path: PathBuf,
+    /// Bytes read so far (up to the last complete line).
+    offset: usize,
+    published: loa_e2e::fleet::Published,
+}
+
+impl PublishedLog {
+    fn new(path: &Path) -> Self {
+        PublishedLog {
+            path: path.to_path_buf(),
+            offset: 0,
+            published: BTreeMap::new(),
+        }
+    }
+
+    /// Reads what was logged since the last call.
+    fn update(&mut self) -> Result<&loa_e2e::fleet::Published> {
+        let bytes =
+            std::fs::read(&self.path).with_context(|| format!("read {}", self.path.display()))?;
+        let Some(end) = bytes[self.offset.min(bytes.len())..]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map(|i| self.offset + i + 1)
+        else {
+            return Ok(&self.published);
+        };
+        for line in String::from_utf8_lossy(&bytes[self.offset..end]).lines() {
+            if !line.contains("published schedule") {
+                continue;
+            }
+            let plain = strip_escapes(line);
+            let mut words = plain.split_whitespace();
+            let at = words
+                .next()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_micros());
+            let fields: BTreeMap<&str, &str> = words.filter_map(|w| w.split_once('=')).collect();
+            if let (Some(at), Some(id), Some(version)) = (
+                at,
+                fields.get("receiver"),
+                fields.get("version").and_then(|v| v.parse::<u64>().ok()),
+            ) {
+                self.published
+                    .entry(id.to_string())
+                    .or_default()
+                    .push((version, at));
+            }
+        }
+        self.offset = end;
+        if self.published.is_empty() && self.offset > 0 {
+            bail!(
+                "no `published schedule` line in {} (is the controller's debug log off? RUST_LOG must \
+                 let loa_controller=debug through)",
+                self.path.display()
+            );
+        }
+        Ok(&self.published)
+    }
+}
+
+/// The WARN and ERROR lines of a log stamped before `before_us` (system
+/// clock, Unix µs), without colour escapes.
+fn log_levels(log: &Path, before_us: i64) -> (Vec<String>, Vec<String>) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let (mut warns, mut errors) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let plain = strip_escapes(line);
+        let mut words = plain.split_whitespace();
+        let early = words
+            .next()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| t.timestamp_micros() < before_us);
+        match words.next() {
+            Some("WARN") if early => warns.push(plain),
+            Some("ERROR") if early => errors.push(plain),
+            _ => {}
+        }
+    }
+    (warns, errors)
+}
+
+/// Log lines grouped by what they say (timestamp dropped, numbers and
+/// quoted ids blanked), most frequent first, with one example each.
+fn log_groups<'a>(lines: impl Iterator<Item = &'a String>) -> Vec<(String, usize)> {
+    let mut groups: BTreeMap<String, (String, usize)> = BTreeMap::new();
+    for line in lines {
+        let text = line
+            .split_once(' ')
+            .map_or(line.as_str(), |(_, t)| t)
+            .trim();
+        let mut key = String::new();
+        let mut quoted = false;
+        for c in text.chars() {
+            match c {
+                '"' => {
+                    quoted = !quoted;
+                    key.push(c);
+                }
+                _ if quoted => {}
+                '0'..='9' => {
+                    if !key.ends_with('#') {
+                        key.push('#');
+                    }
+                }
+                _ => key.push(c),
+            }
+        }
+        groups.entry(key).or_insert_with(|| (text.to_string(), 0)).1 += 1;
+    }
+    let mut groups: Vec<(String, usize)> = groups.into_values().collect();
+    groups.sort_by_key(|g| std::cmp::Reverse(g.1));
+    groups
+}
+
+/// Every schedule each member received, as CSV.
+fn write_schedule_log(path: &Path, logs: &[loa_e2e::fleet::MemberLog]) -> Result<()> {
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(w, "receiver,version,seq,events,arrival_us")?;
+    for l in logs {
+        for s in &l.schedules {
+            writeln!(
+                w,
+                "{},{},{},{},{}",
+                l.id, s.version, s.seq, s.events, s.arrival_us
+            )?;
+        }
+    }
+    w.flush()?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

@@ -5,11 +5,10 @@
 //! a wrong token on the plain listener is refused by the broker (logged by
 //! the controller). Artifacts in `tests/artifacts/mqtt_tls/`.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use loa_e2e::certs::TestCerts;
 use loa_e2e::controller::ControllerOptions;
 use loa_e2e::net::free_port;
 use loa_e2e::process::log_tail;
@@ -17,92 +16,6 @@ use loa_e2e::wav_receiver::WavReceiver;
 use loa_e2e::{Artifacts, Binaries, BrokerMode, Controller, serial, wait};
 
 const ZONE: &str = "thon-1";
-
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .context("openssl is installed (scripts/setup.sh)")?;
-    ensure!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-fn make_ca(dir: &Path, name: &str) -> Result<()> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    )
-}
-
-fn make_server_cert(dir: &Path) -> Result<()> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    )?;
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
-    )
-}
 
 #[test]
 fn receivers_need_the_right_ca_and_their_own_token() -> Result<()> {
@@ -113,12 +26,9 @@ fn receivers_need_the_right_ca_and_their_own_token() -> Result<()> {
 async fn scenario() -> Result<()> {
     let mut art = Artifacts::new("mqtt_tls")?;
     let bins = Binaries::locate()?;
-    let certs = art.subdir("certs")?;
-    make_ca(&certs, "ca")?;
-    make_ca(&certs, "other-ca")?;
-    make_server_cert(&certs)?;
+    let certs = TestCerts::generate(&art.subdir("certs")?)?;
     let mqtts_port = free_port();
-    let path = |name: &str| certs.join(name).display().to_string();
+    let path = |file: &std::path::Path| file.display().to_string();
     let controller = Controller::start_with(
         &bins,
         &art,
@@ -128,11 +38,11 @@ async fn scenario() -> Result<()> {
                 "--mqtts".into(),
                 format!("127.0.0.1:{mqtts_port}"),
                 "--mqtt-tls-cert".into(),
-                path("server.pem"),
+                path(&certs.server_cert),
                 "--mqtt-tls-key".into(),
-                path("server.key"),
+                path(&certs.server_key),
             ],
-            env: Vec::new(),
+            ..Default::default()
         },
     )
     .await?;
@@ -148,7 +58,7 @@ async fn scenario() -> Result<()> {
         &good_token,
         &controller.url(),
         &tls_url,
-        &["--broker-ca", &path("ca.pem")],
+        &["--broker-ca", &path(&certs.ca)],
     )?;
     let other_token = api
         .create_receiver("loa-other-ca", "Loa CA lạ", ZONE)
@@ -160,7 +70,7 @@ async fn scenario() -> Result<()> {
         &other_token,
         &controller.url(),
         &tls_url,
-        &["--broker-ca", &path("other-ca.pem")],
+        &["--broker-ca", &path(&certs.other_ca)],
     )?;
     api.create_receiver("loa-bad-token", "Loa sai mã", ZONE)
         .await?;

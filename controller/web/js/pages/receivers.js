@@ -134,6 +134,37 @@ let lastSlide = 0;
 let holding = false;
 window.addEventListener("pointerup", () => (holding = false));
 
+/** Why a receiver refused a message (its reason codes, see README "Signed messages"). */
+const REJECTION_REASONS = {
+  malformed: "sai định dạng hoặc không có chữ ký",
+  bad_signature: "sai chữ ký (giả mạo hoặc bị sửa)",
+  wrong_topic: "ký cho chủ đề khác",
+  replayed: "tin cũ bị phát lại",
+  stale: "quá hạn",
+  bad_frame_signature: "khung âm thanh trực tiếp sai chữ ký",
+  stale_frame: "khung âm thanh trực tiếp quá hạn",
+};
+
+/**
+ * Messages the receiver refused lately (forged, altered, replayed, stale):
+ * a warning with the newest ones, or nothing when there are none.
+ */
+function rejections(r) {
+  const list = r.rejected_messages || [];
+  if (!list.length) return null;
+  const newest = list.slice(-5).reverse();
+  return h(
+    "details",
+    { class: "rejections", "data-rejections": list.length },
+    h("summary", {}, `⚠ ${t("{n} tin nhắn bị từ chối", { n: list.length })}`),
+    h(
+      "ul",
+      {},
+      newest.map((x) => h("li", {}, `${fmtTime(x.at)} · ${t(REJECTION_REASONS[x.reason] || x.reason)} · `, h("code", {}, x.topic))),
+    ),
+  );
+}
+
 /** The volume slider (saved when released) and the test tone button. */
 function controls(r, reload, followTone) {
   const value = r.volume ?? 100;
@@ -280,6 +311,7 @@ function view(ctx, data, reload, followTone) {
       ),
       h("span", { class: `badge ${r.online ? "online" : "offline"}` }, t(r.online ? "Trực tuyến" : "Ngoại tuyến")),
       amplifier(r),
+      rejections(r),
       tech ? h("div", { class: "actions" }, h("button", { class: "small", onclick: () => editPosition(r, reload) }, t("Toạ độ"))) : null,
       tech ? controls(r, reload, followTone) : null,
     ),
