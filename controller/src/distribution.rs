@@ -263,8 +263,9 @@ impl Task {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        let rows: Result<Vec<(String, i64, i64)>, sqlx::Error> = sqlx::query_as(
-            "SELECT id, volume, settings_version FROM receivers WHERE volume IS NOT NULL ORDER BY id",
+        let rows: Result<Vec<(String, i64, Option<i64>, i64)>, sqlx::Error> = sqlx::query_as(
+            "SELECT id, volume, emergency_volume, settings_version FROM receivers \
+             WHERE volume IS NOT NULL ORDER BY id",
         )
         .fetch_all(&self.db)
         .await;
@@ -277,7 +278,7 @@ impl Task {
             }
         };
         let mut failed = HashSet::new();
-        for (id, volume, version) in rows {
+        for (id, volume, emergency_volume, version) in rows {
             if !changed.contains(&id) && !force.includes(&id) {
                 continue;
             }
@@ -285,7 +286,7 @@ impl Task {
                 receiver_id: id.clone(),
                 version: version.max(0) as u64,
                 volume: volume.clamp(0, 100) as u8,
-                emergency_volume: None,
+                emergency_volume: emergency_volume.map(|v| v.clamp(0, 100) as u8),
             };
             match self.bus.publish_retained_settings(&settings).await {
                 Ok(()) => tracing::debug!(receiver = %id, volume, version, "settings published"),

@@ -89,6 +89,24 @@ async fn settings_are_published_at_start_and_on_change_and_commands_go_out() {
             .expect("new settings after a change"),
     );
     assert_eq!((settings.version, settings.volume), (6, 60));
+    assert_eq!(settings.emergency_volume, None);
+
+    // An emergency volume set from the console travels with it.
+    sqlx::query("UPDATE receivers SET emergency_volume = 85, settings_version = 7 WHERE id = 'r1'")
+        .execute(&db)
+        .await
+        .unwrap();
+    distributor.settings_changed("r1");
+    let settings: ReceiverSettings = open(
+        &client
+            .next_on(&r1, Duration::from_secs(10))
+            .await
+            .expect("new settings after the emergency volume changed"),
+    );
+    assert_eq!(
+        (settings.version, settings.volume, settings.emergency_volume),
+        (7, 60, Some(85))
+    );
 
     let command = ReceiverCommand {
         command_id: "c-1".into(),

@@ -124,11 +124,27 @@ async fn volume_is_set_in_scope_checked_stored_and_audited() {
         .unwrap();
     assert_eq!(r1["volume"], 0);
 
+    // The emergency volume: set with the normal one, kept when absent.
+    assert_eq!(r1["emergency_volume"], Value::Null);
+    let r = put_volume(
+        &t,
+        &tech,
+        "r1",
+        json!({"volume": 0, "emergency_volume": 90}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    assert_eq!(r.json()["emergency_volume"], 90);
+    let r = put_volume(&t, &tech, "r1", json!({"volume": 0})).await;
+    assert_eq!(r.json()["emergency_volume"], 90, "kept when not given");
+
     // Out of range or not a whole number: 400 with the project's error shape.
     for bad in [
         json!({"volume": 101}),
         json!({"volume": -1}),
         json!({"volume": 12.5}),
+        json!({"volume": 50, "emergency_volume": 101}),
+        json!({"volume": 50, "emergency_volume": -3}),
     ] {
         let r = put_volume(&t, &tech, "r1", bad.clone()).await;
         let e = r.assert_error(StatusCode::BAD_REQUEST);

@@ -382,6 +382,14 @@ test("on Cụm loa a technician sets the volume and plays a test tone", () =>
     status = await reported();
   }
   assert.equal(status.reported_volume, 40, `the receiver reports volume 40: ${JSON.stringify(status)}`);
+  // The emergency level has its own slider, saved the same way.
+  const emergency = page.locator(`#rcv-${id} input.emergency-volume`);
+  await emergency.focus();
+  await emergency.fill("80");
+  await page.locator(`#rcv-${id} .control-result.ok`, { hasText: "khẩn cấp 80%" }).waitFor();
+  status = await reported();
+  assert.equal(status.emergency_volume, 80, `emergency volume stored: ${JSON.stringify(status)}`);
+  assert.equal(status.volume, 40, "the normal volume is kept");
   // The test tone: the amplifier goes on, the WAV gets the tone, then off.
   const wav = config.receiverWavs[0];
   const from = wavInfo(wav).samples;

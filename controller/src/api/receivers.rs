@@ -6,6 +6,7 @@
 //! `POST`/`GET /api/v1/receivers`, `GET`/`PATCH`/`DELETE /api/v1/receivers/{id}`,
 //! `POST /api/v1/receivers/{id}/token` (replace a lost token),
 //! `PUT /api/v1/receivers/{id}/volume` (the normal output volume, 0–100 %,
+//! and optionally the emergency one,
 //! published to the receiver as retained [`loa_protocol::ReceiverSettings`]
 //! by the distributor), `POST /api/v1/receivers/{id}/test-tone` (a 1 kHz
 //! tone for 1–30 s, sent as a [`loa_protocol::ReceiverCommand`]; the
@@ -50,6 +51,27 @@ struct VolumeChange {
     /// accepted here and checked below, so an out-of-range value gets the
     /// project's 400 rather than a parse error.
     volume: f64,
+    /// Percent of the level of emergency broadcasts, 0–100; absent keeps
+    /// the one set before (or the receiver's own `--emergency-volume`).
+    #[serde(default)]
+    emergency_volume: Option<f64>,
+}
+
+/// A whole percentage 0–100, or the project's 400 naming `field`.
+fn percent(field: &str, value: f64) -> Result<i64, ApiError> {
+    if !value.is_finite() || !(0.0..=100.0).contains(&value) || value.fract() != 0.0 {
+        let vi = if field == "volume" {
+            "Âm lượng phải là số nguyên từ 0 đến 100."
+        } else {
+            "Âm lượng khẩn cấp phải là số nguyên từ 0 đến 100."
+        };
+        return Err(ApiError::bad_request(
+            "invalid_volume",
+            format!("{field} must be a whole number from 0 to 100, not {value}"),
+            vi,
+        ));
+    }
+    Ok(value as i64)
 }
 
 /// Body of `POST /receivers/{id}/test-tone`.
@@ -147,6 +169,9 @@ struct Receiver {
     volume_set: bool,
     /// The normal volume the receiver last reported having in force, percent.
     reported_volume: Option<i64>,
+    /// Emergency output volume set from the console, percent; `null`: the
+    /// receiver's own `--emergency-volume` is in force.
+    emergency_volume: Option<i64>,
     /// Whether its amplifier is on, as last reported; `null` when unknown
     /// (offline, or a receiver that does not report it).
     amplifier_on: Option<bool>,
@@ -172,6 +197,7 @@ struct ReceiverRow {
     rejected_messages: String,
     volume: Option<i64>,
     reported_volume: Option<i64>,
+    emergency_volume: Option<i64>,
     amplifier_on: Option<bool>,
 }
 
@@ -183,6 +209,7 @@ impl ReceiverRow {
             volume: self.volume.or(self.reported_volume),
             volume_set: self.volume.is_some(),
             reported_volume: self.reported_volume,
+            emergency_volume: self.emergency_volume,
             amplifier_on: self.amplifier_on.filter(|_| online),
             last_seen: self.last_seen.map(from_ms),
             now_playing: self
@@ -205,7 +232,7 @@ impl ReceiverRow {
 macro_rules! select_receivers {
     () => {
         "SELECT id, name, zone_id, online, last_seen, now_playing, cached, schedule_version, created_at, \
-         lat, lon, rejected_messages, volume, reported_volume, amplifier_on FROM receivers"
+         lat, lon, rejected_messages, volume, reported_volume, emergency_volume, amplifier_on FROM receivers"
     };
 }
 
@@ -428,31 +455,32 @@ async fn set_volume(
 ) -> Result<Response, ApiError> {
     user.require(user.role_kind().manages_devices(), "chỉnh âm lượng cụm loa")?;
     let current = fetch(&state, &user, &id).await?;
-    let volume = change.volume;
-    if !volume.is_finite() || !(0.0..=100.0).contains(&volume) || volume.fract() != 0.0 {
-        return Err(ApiError::bad_request(
-            "invalid_volume",
-            format!("volume must be a whole number from 0 to 100, not {volume}"),
-            "Âm lượng phải là số nguyên từ 0 đến 100.",
-        ));
-    }
-    let volume = volume as i64;
+    let volume = percent("volume", change.volume)?;
+    let emergency_volume = change
+        .emergency_volume
+        .map(|v| percent("emergency_volume", v))
+        .transpose()?;
     let previous = current.volume_set.then_some(current.volume).flatten();
     sqlx::query(
-        "UPDATE receivers SET volume = $1, settings_version = MAX(settings_version + 1, $2)
-         WHERE id = $3",
+        "UPDATE receivers SET volume = $1, emergency_volume = COALESCE($2, emergency_volume),
+         settings_version = MAX(settings_version + 1, $3)
+         WHERE id = $4",
     )
     .bind(volume)
+    .bind(emergency_volume)
     .bind(now_ms())
     .bind(&id)
     .execute(&state.db)
     .await?;
     state.distributor.settings_changed(&id);
-    tracing::info!(receiver = %id, volume, "receiver volume set");
+    tracing::info!(receiver = %id, volume, ?emergency_volume, "receiver volume set");
     let mut response = Json(fetch(&state, &user, &id).await?).into_response();
-    response.extensions_mut().insert(AuditDetail(
-        serde_json::json!({"from": previous, "to": volume}),
-    ));
+    let mut detail = serde_json::json!({"from": previous, "to": volume});
+    if let Some(e) = emergency_volume {
+        detail["emergency_from"] = serde_json::json!(current.emergency_volume);
+        detail["emergency_to"] = serde_json::json!(e);
+    }
+    response.extensions_mut().insert(AuditDetail(detail));
     Ok(response)
 }
 

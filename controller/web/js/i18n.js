@@ -156,6 +156,8 @@ const EN = {
   "Âm lượng": "Volume",
   "Đang lưu…": "Saving…",
   "Đã lưu âm lượng {v}%.": "Volume set to {v}%.",
+  "Âm lượng khẩn cấp": "Emergency volume",
+  "Đã lưu âm lượng khẩn cấp {v}%.": "Emergency volume set to {v}%.",
   "Phát âm thử": "Test tone",
   "Đã gửi lệnh phát âm thử 5 giây.": "Test tone (5 s) sent.",
   "Không kết nối được với máy chủ.": "Cannot reach the controller.",

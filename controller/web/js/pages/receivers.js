@@ -168,7 +168,6 @@ function rejections(r) {
 /** The volume slider (saved when released) and the test tone button. */
 function controls(r, reload, followTone) {
   const value = r.volume ?? 100;
-  const shown = h("output", { class: "volume-value" }, `${value}%`);
   const result = h("small", { class: "control-result", role: "status", "aria-live": "polite" });
   const show = (text, kind) => {
     result.textContent = text;
@@ -177,36 +176,52 @@ function controls(r, reload, followTone) {
   };
   const kept = results.get(r.id);
   if (kept && Date.now() - kept.at < RESULT_MS) show(kept.text, kept.kind);
-  const slider = h("input", {
-    type: "range",
-    min: 0,
-    max: 100,
-    step: 1,
-    value,
-    class: "volume",
-    "aria-label": `${t("Âm lượng")} ${r.name}`,
-    "data-receiver": r.id,
-  });
-  slider.addEventListener("input", () => {
-    lastSlide = Date.now();
-    shown.textContent = `${slider.value}%`;
-  });
-  slider.addEventListener("pointerdown", () => (holding = true));
-  slider.addEventListener("change", async () => {
-    holding = false;
-    slider.disabled = true;
-    show(t("Đang lưu…"));
-    try {
-      const saved = await put(`/receivers/${encodeURIComponent(r.id)}/volume`, { volume: Number(slider.value) });
-      show(t("Đã lưu âm lượng {v}%.", { v: saved.volume }), "ok");
-    } catch (e) {
-      show(e.message || t("Có lỗi xảy ra."), "error");
-      slider.value = value;
-      shown.textContent = `${value}%`;
-    } finally {
-      slider.disabled = false;
-    }
-  });
+  // One slider per level; releasing either saves both (the API takes the
+  // normal volume always, the emergency one when given).
+  const emergencyValue = r.emergency_volume ?? 100;
+  const sliders = [];
+  const slider = volumeSlider(r, "volume", value, t("Âm lượng"), (saved) => t("Đã lưu âm lượng {v}%.", { v: saved.volume }));
+  const emergency = volumeSlider(r, "emergency", emergencyValue, t("Âm lượng khẩn cấp"), (saved) =>
+    t("Đã lưu âm lượng khẩn cấp {v}%.", { v: saved.emergency_volume }),
+  );
+  function volumeSlider(r, kind, initial, label, savedText) {
+    const shown = h("output", { class: "volume-value" }, `${initial}%`);
+    const input = h("input", {
+      type: "range",
+      min: 0,
+      max: 100,
+      step: 1,
+      value: initial,
+      class: kind === "volume" ? "volume" : "emergency-volume",
+      "aria-label": `${label} ${r.name}`,
+      "data-receiver": r.id,
+    });
+    input.addEventListener("input", () => {
+      lastSlide = Date.now();
+      shown.textContent = `${input.value}%`;
+    });
+    input.addEventListener("pointerdown", () => (holding = true));
+    input.addEventListener("change", async () => {
+      holding = false;
+      sliders.forEach((x) => (x.input.disabled = true));
+      show(t("Đang lưu…"));
+      try {
+        const body = { volume: Number(slider.input.value) };
+        if (kind === "emergency" || r.emergency_volume != null) body.emergency_volume = Number(emergency.input.value);
+        const saved = await put(`/receivers/${encodeURIComponent(r.id)}/volume`, body);
+        show(savedText(saved), "ok");
+      } catch (e) {
+        show(e.message || t("Có lỗi xảy ra."), "error");
+        input.value = initial;
+        shown.textContent = `${initial}%`;
+      } finally {
+        sliders.forEach((x) => (x.input.disabled = false));
+      }
+    });
+    const made = { input, label: h("label", { class: "volume-label" }, label, input, shown) };
+    sliders.push(made);
+    return made;
+  }
   const tone = h("button", { class: "small", type: "button", "data-test-tone": r.id }, t("Phát âm thử"));
   tone.addEventListener("click", async () => {
     tone.disabled = true;
@@ -223,7 +238,8 @@ function controls(r, reload, followTone) {
   return h(
     "div",
     { class: "receiver-controls" },
-    h("label", { class: "volume-label" }, t("Âm lượng"), slider, shown),
+    slider.label,
+    emergency.label,
     tone,
     result,
   );
