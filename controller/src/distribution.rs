@@ -263,7 +263,9 @@ impl Task {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        let rows: Result<Vec<(String, i64, Option<i64>, i64)>, sqlx::Error> = sqlx::query_as(
+        /// id, volume, emergency volume, settings version.
+        type SettingsRow = (String, i64, Option<i64>, i64);
+        let rows: Result<Vec<SettingsRow>, sqlx::Error> = sqlx::query_as(
             "SELECT id, volume, emergency_volume, settings_version FROM receivers \
              WHERE volume IS NOT NULL ORDER BY id",
         )
